@@ -1,0 +1,100 @@
+"""Embedding: train the target on the training set plus the trigger set, and measure what the owner cares about."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dnnpiracy.config import TrainConfig, TriggerConfig
+from dnnpiracy.data import Dataset, Splits
+from dnnpiracy.io import read_json, write_json, git_commit
+from dnnpiracy.training import accuracy, load_model, save_model, train_classifier
+from dnnpiracy.watermark.triggers import (TriggerSet, load_trigger_set, make_fresh_triggers, make_trigger_set,
+                                          save_trigger_grid, save_trigger_set)
+
+MODEL_FILE, TRIGGERS_FILE, FRESH_FILE, REPORT_FILE = "model.safetensors", "triggers.safetensors", \
+    "fresh_triggers.safetensors", "report.json"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A trained (possibly watermarked) target and where it lives."""
+
+    model: nn.Module
+    triggers: TriggerSet | None
+    fresh_triggers: TriggerSet | None
+    report: dict
+    out_dir: Path
+
+
+def owner_metrics(model: nn.Module, ds: Dataset, splits: Splits, triggers: TriggerSet | None,
+                  fresh: TriggerSet | None) -> dict[str, float]:
+    ev = splits.evaluation_idx
+    m = {"test_accuracy": accuracy(model, ds.test_x, ds.test_y),
+         "evaluation_accuracy": accuracy(model, ds.test_x[ev], ds.test_y[ev])}
+    if triggers is not None:
+        m["trigger_accuracy"] = accuracy(model, triggers.images, triggers.labels)
+    if fresh is not None:
+        m["fresh_trigger_accuracy"] = accuracy(model, fresh.images, fresh.labels)
+    return m
+
+
+def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger_cfg: TriggerConfig | None,
+                    out_dir: str | Path, progress: bool = True, log=print) -> Target:
+    """Train a target on ``ds`` (+ the trigger set unless ``trigger_cfg`` is None) into ``out_dir``.
+
+    Writes model.safetensors (+ .json), triggers.safetensors, triggers.png, fresh_triggers.safetensors and
+    report.json.  Re-running with the same configuration reuses a finished target and resumes an unfinished one."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path, report_path = out_dir / MODEL_FILE, out_dir / REPORT_FILE
+    if model_path.exists() and report_path.exists():
+        report = read_json(report_path)
+        if report.get("train_config") == asdict(train_cfg) and report.get("trigger_config") == (
+                asdict(trigger_cfg) if trigger_cfg else None) and report.get("dataset") == ds.name:
+            model, _ = load_model(model_path, arch=train_cfg.arch, dataset=ds.name)
+            triggers = load_trigger_set(out_dir / TRIGGERS_FILE) if trigger_cfg else None
+            fresh = load_trigger_set(out_dir / FRESH_FILE) if trigger_cfg else None
+            log(f"reusing target in {out_dir}")
+            return Target(model, triggers, fresh, report, out_dir)
+
+    triggers = fresh = None
+    if trigger_cfg is not None:
+        triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg)
+        ev = splits.evaluation_idx
+        fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=500, seed=trigger_cfg.seed + 1)
+        # fresh-trigger source indices are positions in the evaluation split; store them as test-set indices
+        fresh = TriggerSet(fresh.images, fresh.labels, ev[fresh.source_idx], fresh.source_labels, fresh.config)
+        save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
+        save_trigger_set(out_dir / FRESH_FILE, fresh, {"dataset": ds.name, "source_split": "test"})
+        save_trigger_grid(out_dir / "triggers.png", triggers, ds.class_names)
+
+    t0 = time.perf_counter()
+    model, history = train_classifier(
+        ds.train_x, ds.train_y, train_cfg,
+        extra_x=None if triggers is None else triggers.images,
+        extra_y=None if triggers is None else triggers.labels,
+        checkpoint=out_dir / "checkpoint.pt",
+        eval_fn=(lambda m: {"trigger_accuracy": accuracy(m, triggers.images, triggers.labels)}) if triggers else None,
+        progress=progress, log=log)
+    train_seconds = sum(r["seconds"] for r in history)
+    metrics = owner_metrics(model, ds, splits, triggers, fresh)
+    report = {"dataset": ds.name, "dataset_note": ds.note, "arch": train_cfg.arch, "stem": train_cfg.stem,
+              "watermarked": trigger_cfg is not None, "train_config": asdict(train_cfg),
+              "trigger_config": asdict(trigger_cfg) if trigger_cfg else None,
+              "trigger_source_idx": triggers.source_idx.tolist() if triggers else None,
+              "trigger_oversampled": bool(trigger_cfg and train_cfg.trigger_oversample > 1),
+              **metrics, "history": history, "train_seconds": train_seconds,
+              "wall_seconds": time.perf_counter() - t0, "git_commit": git_commit()}
+    save_model(model_path, model, {"arch": train_cfg.arch, "stem": train_cfg.stem, "dataset": ds.name,
+                                   "num_classes": ds.num_classes, "seed": train_cfg.seed,
+                                   "train_config": asdict(train_cfg),
+                                   "trigger_config": asdict(trigger_cfg) if trigger_cfg else None,
+                                   "metrics": metrics})
+    write_json(report_path, report)
+    (out_dir / "checkpoint.pt").unlink(missing_ok=True)
+    return Target(model, triggers, fresh, report, out_dir)
