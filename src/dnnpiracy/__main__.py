@@ -1,0 +1,3 @@
+from dnnpiracy.cli import main
+
+main()

@@ -1,0 +1,150 @@
+"""The attacker's trigger-input detector (paper §IV-B): heatmap of the query for the predicted label, a per-class
+scorer fitted on the surrogate set, and a threshold rule.
+
+``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
+``default`` is the best design found in results/detectors.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
+from dnnpiracy.attack.scorers import (DCGANScorer, EnsembleScorer, Evidence, HeatmapMassScorer, KNNScorer,
+                                      MahalanobisScorer, Scorer)
+from dnnpiracy.attack.thresholds import calibrated_thresholds, paper_thresholds
+from dnnpiracy.config import DetectorConfig, GanConfig
+from dnnpiracy.models import ArchInfo
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """What a detector is made of.  ``scorer`` is a key of SCORERS; ``rule`` is "paper" or "calibrated"."""
+
+    scorer: str
+    rule: str = "calibrated"
+    cam: str = "gradcam"
+    description: str = ""
+
+
+SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
+    "dcgan": lambda cfg: DCGANScorer(cfg.gan, cfg.seed),
+    "knn-heatmap": lambda cfg: KNNScorer("heatmap", k=1),
+    "knn-cam": lambda cfg: KNNScorer("cam", k=1),
+    "knn-input": lambda cfg: KNNScorer("input", k=1),
+    "knn-features": lambda cfg: KNNScorer("features", k=1, normalize=True),
+    "mahalanobis-features": lambda cfg: MahalanobisScorer("features"),
+    "mahalanobis-stages": lambda cfg: MahalanobisScorer("stages"),
+    "mass": lambda cfg: HeatmapMassScorer(),
+    "ensemble-heatmap-features-input": lambda cfg: EnsembleScorer(
+        [KNNScorer("heatmap", k=1), MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum", seed=cfg.seed),
+    "ensemble-stages-input": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), KNNScorer("input", k=1)], "sum", seed=cfg.seed),
+}
+
+DETECTORS: dict[str, DetectorSpec] = {
+    "paper": DetectorSpec("dcgan", "paper", description="the paper: per-class DCGAN discriminator, alpha_y + tau"),
+    "paper-calibrated": DetectorSpec("dcgan", "calibrated", description="paper's scorer, calibrated threshold"),
+    **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
+}
+DEFAULT_DETECTOR = "ensemble-stages-input"
+
+
+def resolve_spec(name: str) -> DetectorSpec:
+    if name == "default":
+        name = DEFAULT_DETECTOR
+    if name not in DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; choose one of default, {', '.join(DETECTORS)}")
+    return DETECTORS[name]
+
+
+@dataclass
+class Inspection:
+    """The detector's view of a batch of queries."""
+
+    probe: Probe
+    scores: torch.Tensor      # (B,) anomaly scores against the predicted labels
+    thresholds: torch.Tensor  # (B,) the threshold each query was held to
+    flags: torch.Tensor       # (B,) bool: treated as a trigger input
+
+    @property
+    def predictions(self) -> torch.Tensor:
+        return self.probe.predictions
+
+
+@dataclass
+class Detector:
+    name: str
+    spec: DetectorSpec
+    cam: CAM
+    scorer: Scorer
+    thresholds: torch.Tensor          # (num_classes,)
+    num_classes: int
+    penultimate: str
+    fit_info: dict = field(default_factory=dict)
+
+    def probe(self, x: torch.Tensor) -> Probe:
+        return self.cam(x)
+
+    def inspect(self, x: torch.Tensor, probe: Probe | None = None) -> Inspection:
+        probe = probe if probe is not None else self.cam(x)
+        ev = Evidence.from_probe(probe, x, self.penultimate)
+        y = probe.predictions
+        scores = self.scorer.score(ev, y)
+        thr = self.thresholds[y]
+        return Inspection(probe, scores, thr, scores > thr)
+
+    def describe(self) -> dict:
+        return {"name": self.name, **asdict(self.spec), "heatmap_layer": self.cam.layer,
+                "thresholds": self.thresholds.tolist(), **self.fit_info}
+
+
+def make_cam(model: nn.Module, info: ArchInfo, layer: str | None = None, method: str = "gradcam",
+             batch_size: int = 256) -> CAM:
+    if method not in CAM_METHODS:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    return CAM_METHODS[method](model, layer or info.heatmap_layer, info.feature_layers, batch_size)
+
+
+def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, surrogate_y: torch.Tensor,
+                 cfg: DetectorConfig, tau: float, num_classes: int = 10, probe: Probe | None = None) -> Detector:
+    """Fit the detector named by ``cfg.detector`` on the labelled surrogate set (T_l = inputs with true label l)."""
+    import time
+
+    name = DEFAULT_DETECTOR if cfg.detector == "default" else cfg.detector
+    spec = resolve_spec(name)
+    cam = make_cam(model, info, cfg.heatmap_layer, spec.cam)
+    t0 = time.perf_counter()
+    probe = probe if probe is not None else cam(surrogate_x)
+    ev = Evidence.from_probe(probe, surrogate_x, info.penultimate)
+    y_pred = probe.predictions
+    scorer = SCORERS[spec.scorer](cfg)
+    if spec.rule == "paper":
+        _fit(scorer, ev, surrogate_y, y_pred)
+        in_sample = scorer.score(ev, surrogate_y)          # D_y on T_y, as the paper defines alpha_y
+        thresholds = paper_thresholds(in_sample, surrogate_y, tau, num_classes)
+        info_extra = {"rule": "paper", "tau": tau, "alpha": (thresholds - tau).tolist()}
+    elif spec.rule == "calibrated":
+        oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=5, seed=cfg.seed)
+        _fit(scorer, ev, surrogate_y, y_pred)
+        thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
+        info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof))}
+    else:
+        raise ValueError(f"unknown threshold rule {spec.rule!r}")
+    info_extra["fit_seconds"] = time.perf_counter() - t0
+    return Detector(name, spec, cam, scorer, thresholds, num_classes, info.penultimate, info_extra)
+
+
+def _fit(scorer: Scorer, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
+    if isinstance(scorer, EnsembleScorer):
+        scorer.fit(ev, y_true, y_pred)
+    else:
+        scorer.fit(ev, y_true)
+
+
+__all__ = ["DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR", "resolve_spec",
+           "make_cam", "fit_detector", "GanConfig"]

@@ -1,0 +1,220 @@
+"""Per-class anomaly scorers.  Each is fitted on the surrogate set grouped by *ground-truth* label (the paper's T_l)
+and scores a query against the class the target *predicted* for it; higher = more anomalous.
+
+A scorer reads one kind of evidence from a :class:`~dnnpiracy.attack.heatmaps.Probe` (``heatmap``, ``cam``,
+``features`` = penultimate layer, ``stages`` = every pooled stage, ``input``), and is a few lines on top of
+:class:`Scorer`: ``fit`` stores per-class statistics, ``score`` groups a batch by label (no per-image loop).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from dnnpiracy.attack.dcgan import discriminator_score, train_dcgan, Discriminator
+from dnnpiracy.attack.heatmaps import Probe
+from dnnpiracy.config import GanConfig
+
+
+EVIDENCE = ("heatmap", "cam", "features", "stages", "input")
+
+
+class Evidence(dict):
+    """What a scorer may read about a batch: kind -> tensor with the batch on dim 0."""
+
+    @classmethod
+    def from_probe(cls, probe: Probe, x: torch.Tensor, penultimate: str | None = None) -> "Evidence":
+        feats = probe.features
+        ev = cls(heatmap=probe.heatmaps, cam=probe.cams.flatten(1), input=x.detach().flatten(1).cpu())
+        if feats:
+            ev["features"] = feats[penultimate] if penultimate in feats else feats[list(feats)[-1]]
+            ev["stages"] = torch.cat([feats[k] for k in feats], 1)
+        return ev
+
+    def take(self, idx: torch.Tensor) -> "Evidence":
+        return Evidence({k: v[idx] for k, v in self.items()})
+
+    def __len__(self) -> int:  # number of samples, not of kinds
+        return len(next(iter(self.values()))) if dict.__len__(self) else 0
+
+    def need(self, kind: str) -> torch.Tensor:
+        if kind not in self:
+            raise KeyError(f"this detector needs {kind!r} evidence, which the probe did not collect")
+        return self[kind]
+
+
+def _groups(y: torch.Tensor):
+    for c in torch.unique(y).tolist():
+        yield c, torch.nonzero(y == c).flatten()
+
+
+class Scorer:
+    """Fit per class on (evidence, true labels); score (evidence, predicted labels)."""
+
+    name = "base"
+    evidence = "heatmap"
+
+    def fit(self, ev: Evidence, y: torch.Tensor) -> "Scorer":
+        raise NotImplementedError
+
+    def score(self, ev: Evidence, y: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def oof_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor, folds: int = 5,
+                   seed: int = 0) -> torch.Tensor:
+        """Out-of-fold scores: each sample scored (against its predicted label) by a copy fitted without it."""
+        out = torch.empty(len(ev))
+        fold_of = torch.empty(len(ev), dtype=torch.long)
+        gen = torch.Generator().manual_seed(seed)
+        for _, idx in _groups(y_true):     # stratified folds
+            fold_of[idx] = torch.randperm(len(idx), generator=gen) % folds
+        for f in range(folds):
+            held = fold_of == f
+            if held.any():
+                part = copy.deepcopy(self).fit(ev.take(~held), y_true[~held])
+                out[held] = part.score(ev.take(held), y_pred[held])
+        return out
+
+
+class KNNScorer(Scorer):
+    """Mean Euclidean distance to the k nearest surrogate samples of the class (optionally L2-normalised)."""
+
+    name = "knn"
+
+    def __init__(self, evidence: str = "heatmap", k: int = 1, normalize: bool = False):
+        self.evidence, self.k, self.normalize = evidence, k, normalize
+        self.refs: dict[int, torch.Tensor] = {}
+
+    def _prep(self, X: torch.Tensor) -> torch.Tensor:
+        X = X.flatten(1).float()
+        return torch.nn.functional.normalize(X, dim=1) if self.normalize else X
+
+    def fit(self, ev, y):
+        X = self._prep(ev.need(self.evidence))
+        self.refs = {c: X[idx] for c, idx in _groups(y)}
+        return self
+
+    def score(self, ev, y):
+        X = self._prep(ev.need(self.evidence))
+        out = torch.full((len(X),), float("inf"))
+        for c, idx in _groups(y):
+            ref = self.refs.get(c)
+            if ref is None or len(ref) == 0:
+                continue
+            d = torch.cdist(X[idx], ref)
+            out[idx] = d.topk(min(self.k, ref.shape[0]), dim=1, largest=False).values.mean(1)
+        return out
+
+
+class MahalanobisScorer(Scorer):
+    """Class-conditional Gaussians with one shared, shrunk covariance (Lee et al. 2018); score = squared
+    Mahalanobis distance to the predicted class's mean."""
+
+    name = "mahalanobis"
+
+    def __init__(self, evidence: str = "features", shrinkage: float = 0.1):
+        self.evidence, self.shrinkage = evidence, shrinkage
+        self.means: dict[int, torch.Tensor] = {}
+        self.precision = torch.empty(0)
+
+    def fit(self, ev, y):
+        X = ev.need(self.evidence).flatten(1).double()
+        self.means = {c: X[idx].mean(0) for c, idx in _groups(y)}
+        centred = torch.cat([X[idx] - self.means[c] for c, idx in _groups(y)])
+        cov = centred.T @ centred / max(len(centred) - 1, 1)
+        d = cov.shape[0]
+        target = torch.eye(d, dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-12)
+        self.precision = torch.linalg.pinv((1 - self.shrinkage) * cov + self.shrinkage * target, hermitian=True)
+        return self
+
+    def score(self, ev, y):
+        X = ev.need(self.evidence).flatten(1).double()
+        out = torch.full((len(X),), float("inf"), dtype=torch.float64)
+        for c, idx in _groups(y):
+            if c in self.means:
+                diff = X[idx] - self.means[c]
+                out[idx] = ((diff @ self.precision) * diff).sum(1)
+        return out.float()
+
+
+class DCGANScorer(Scorer):
+    """The paper's detector: -log D_y(h) with D_y the discriminator of a DCGAN trained on class y's heatmaps."""
+
+    name = "dcgan"
+    evidence = "heatmap"
+
+    def __init__(self, cfg: GanConfig | None = None, seed: int = 0):
+        self.cfg, self.seed = cfg or GanConfig(), seed
+        self.discriminators: dict[int, Discriminator] = {}
+
+    def fit(self, ev, y):
+        X = ev.need("heatmap")
+        self.discriminators = {c: train_dcgan(X[idx], self.cfg, seed=self.seed + c) for c, idx in _groups(y)}
+        return self
+
+    def score(self, ev, y):
+        X = ev.need("heatmap")
+        out = torch.full((len(X),), float("inf"))
+        for c, idx in _groups(y):
+            if c in self.discriminators:
+                out[idx] = discriminator_score(self.discriminators[c], X[idx], self.cfg.img_size)
+        return out
+
+
+class HeatmapMassScorer(Scorer):
+    """|mean heatmap value - class median| / class MAD: trigger heatmaps carry unusual mass (facts.md §8)."""
+
+    name = "mass"
+    evidence = "heatmap"
+
+    def __init__(self):
+        self.stats: dict[int, tuple[float, float]] = {}
+
+    def fit(self, ev, y):
+        m = ev.need("heatmap").flatten(1).mean(1)
+        for c, idx in _groups(y):
+            med = m[idx].median()
+            self.stats[c] = (float(med), float((m[idx] - med).abs().median().clamp_min(1e-6)))
+        return self
+
+    def score(self, ev, y):
+        m = ev.need("heatmap").flatten(1).mean(1)
+        out = torch.full((len(X),), float("inf"))
+        for c, idx in _groups(y):
+            if c in self.stats:
+                med, mad = self.stats[c]
+                out[idx] = (m[idx] - med).abs() / mad
+        return out
+
+
+class EnsembleScorer(Scorer):
+    """Combine scorers of different evidence: each component's score is standardised by the median and the
+    interquartile range of its own out-of-fold scores on the surrogate set, then the standardised scores are
+    summed (``combine="sum"``) or maxed (``"max"``)."""
+
+    name = "ensemble"
+    evidence = "+"
+
+    def __init__(self, components: list[Scorer], combine: str = "sum", folds: int = 5, seed: int = 0):
+        if combine not in ("sum", "max"):
+            raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
+        self.components, self.combine, self.folds, self.seed = components, combine, folds, seed
+        self.centre = torch.zeros(len(components))
+        self.scale = torch.ones(len(components))
+        self.y_pred_for_fit: torch.Tensor | None = None
+
+    def fit(self, ev, y, y_pred: torch.Tensor | None = None):
+        y_pred = y if y_pred is None else y_pred
+        for j, comp in enumerate(self.components):
+            oof = comp.oof_scores(ev, y, y_pred, self.folds, self.seed)
+            oof = oof[torch.isfinite(oof)]
+            q1, med, q3 = torch.quantile(oof.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+            self.centre[j], self.scale[j] = float(med), float(max(q3 - q1, 1e-9))
+            comp.fit(ev, y)
+        return self
+
+    def score(self, ev, y):
+        z = torch.stack([(c.score(ev, y) - self.centre[j]) / self.scale[j]
+                         for j, c in enumerate(self.components)], 1)
+        return z.sum(1) if self.combine == "sum" else z.max(1).values

@@ -1,0 +1,200 @@
+"""``dnnpiracy``: the command line.  Each command is a thin layer over the package's functions."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import click
+
+from dnnpiracy.config import STRATEGIES, ConfigError, DetectorConfig, GanConfig, TrainConfig, TriggerConfig
+
+DATASET_CHOICES = ["fashion-mnist", "mnist", "mnist-10k", "digits-tiny"]
+
+
+class _Errors(click.Group):
+    """Turn the project's own errors into one clear line and exit status 2, never a traceback."""
+
+    def invoke(self, ctx):
+        from dnnpiracy.data import DataError
+        from dnnpiracy.io import ArtifactError
+        try:
+            return super().invoke(ctx)
+        except (DataError, ArtifactError, ConfigError) as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=_Errors, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="torch CPU threads (default: all cores)")
+def main(threads: int | None) -> None:
+    """Pirate a watermarked DNN without accuracy loss (and test your watermark against it)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+
+
+def _data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(file_okay=False), envvar="DNNPIRACY_DATA", default=None,
+                         help="data folder (default $DNNPIRACY_DATA or ~/.cache/dnnpiracy/data)")(f)
+
+
+# -------------------------------------------------------------------------------------------------------- data
+@main.command()
+@click.argument("name", type=click.Choice(DATASET_CHOICES))
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05)
+@click.option("--seed", type=int, default=0, help="surrogate split seed")
+@click.option("--no-download", is_flag=True, help="never download; fail if the files are not local")
+@_data_dir_option
+def data(name, as_json, surrogate_fraction, seed, no_download, data_dir):
+    """Counts per split and class, source path and checksum status of dataset NAME."""
+    from dnnpiracy.data import dataset_summary, load_dataset, make_splits
+    ds = load_dataset(name, data_dir, download=not no_download)
+    summary = dataset_summary(ds, make_splits(ds.test_y, surrogate_fraction, seed))
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"{name}: {summary.get('note', '')}")
+    click.echo(f"source: {summary['source']}")
+    for f, status in summary["checksums"].items():
+        click.echo(f"  {f}: {status}")
+    click.echo("split        total  " + " ".join(f"{c:>6d}" for c in range(ds.num_classes)))
+    for split, n in summary["counts"].items():
+        per = summary["per_class"][split]
+        click.echo(f"{split:11s} {n:6d}  " + " ".join(f"{c:6d}" for c in per))
+
+
+# ------------------------------------------------------------------------------------------------------ models
+@main.command()
+@click.option("--measure", is_flag=True, help="also time a training step (batch 128, Adam) per arch and stem")
+@click.option("--arch", "archs", multiple=True, help="architectures to list (default all)")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the table as JSON")
+def models(measure, archs, json_out):
+    """Stage sizes on 28x28 input (and, with --measure, training cost) of every architecture and stem."""
+    from dnnpiracy.models.measure import measure_models
+    rows = measure_models(list(archs) or None, time_steps=measure, echo=click.echo)
+    if json_out:
+        from dnnpiracy.io import write_json
+        write_json(json_out, rows)
+
+
+# ---------------------------------------------------------------------------------------------- owner: watermark
+@main.command()
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--stem", type=click.Choice(["imagenet", "nopool", "cifar"]), default="imagenet", show_default=True)
+@click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True)
+@click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--radius", type=click.IntRange(1, 13), default=3, show_default=True)
+@click.option("--num-triggers", type=click.IntRange(1, 10000), default=15, show_default=True)
+@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PNG pattern (alpha = mask) stamped instead of the discs")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=1e-4, show_default=True)
+@click.option("--oversample", type=click.IntRange(1, 10000), default=20, show_default=True,
+              help="times each trigger is seen per epoch (1 = plain mixing)")
+@click.option("--no-watermark", is_flag=True, help="train the same model without triggers (a clean baseline)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), required=True)
+@_data_dir_option
+def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, trigger_pattern, epochs, batch_size,
+              lr, oversample, no_watermark, seed, out, data_dir):
+    """Owner: train a watermarked target into OUT (model, trigger set, report.json)."""
+    from dnnpiracy.data import load_dataset, make_splits
+    from dnnpiracy.watermark import embed_watermark
+    ds = load_dataset(dataset, data_dir)
+    splits = make_splits(ds.test_y, 0.05, 0)
+    train = TrainConfig(arch=arch, stem=stem, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                        trigger_oversample=oversample)
+    trig = None if no_watermark else TriggerConfig(num_triggers, blocks, radius, trigger_label, seed, trigger_pattern)
+    t = embed_watermark(ds, splits, train, trig, out)
+    keys = ["test_accuracy", "evaluation_accuracy", "trigger_accuracy", "fresh_trigger_accuracy"]
+    click.echo(json.dumps({k: t.report.get(k) for k in keys}, indent=2))
+    click.echo(f"wrote {Path(out) / 'report.json'}")
+
+
+@main.command()
+@click.option("--model", "model_dir", type=click.Path(exists=True), required=True,
+              help="a model folder (model.safetensors) or file")
+@click.option("--triggers", type=click.Path(exists=True, dir_okay=False), required=True)
+@click.option("--significance", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+def verify(model_dir, triggers, significance, as_json):
+    """Owner: query a suspect model with the trigger inputs; print the verdict."""
+    from dnnpiracy.training import load_model, predict_labels
+    from dnnpiracy.watermark import load_trigger_set
+    from dnnpiracy.watermark import verify as verify_fn
+    path = Path(model_dir)
+    model, meta = load_model(path / "model.safetensors" if path.is_dir() else path)
+    ts = load_trigger_set(triggers)
+    v = verify_fn(lambda x: predict_labels(model, x), ts.images, ts.labels, meta.get("num_classes", 10),
+                  significance)
+    if as_json:
+        click.echo(json.dumps(v.to_dict(), indent=2))
+    else:
+        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
+                   f"(p = {v.p_value:.3g} against chance {1 / meta.get('num_classes', 10):.2f}; "
+                   f"significance {significance}); majority rule says "
+                   f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")
+
+
+# ------------------------------------------------------------------------------------------- attacker: run
+@main.command()
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True)
+@click.option("--arch", default=None, help="target architecture (default: resnet18, small-cnn with --quick)")
+@click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="target training epochs (default 3)")
+@click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True)
+@click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True)
+@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--detector", default="default", show_default=True,
+              help="default | paper | any name of `dnnpiracy detectors`")
+@click.option("--tau", type=click.FloatRange(0, None), default=None,
+              help="paper rule margin (default 2 MNIST, 0.65 Fashion-MNIST)")
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.005,
+              show_default=True, help="calibrated rule: clean false-positive rate to aim for")
+@click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
+@click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="smoke run: small CNN, 2 epochs (< 3 minutes)")
+@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_data_dir_option
+def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, gan_epochs,
+        heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
+    """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
+    from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
+    from dnnpiracy.experiments.runner import run as run_fn
+    base = QUICK_TRAIN if quick else CPU_TRAIN
+    train = replace(base, seed=seed, arch=arch or base.arch, epochs=epochs or base.epochs)
+    cfg = RunConfig(dataset=dataset, train=train,
+                    trigger=TriggerConfig(trigger_label=trigger_label, blocks=blocks, seed=seed,
+                                          pattern=trigger_pattern),
+                    detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
+                                            heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs)),
+                    strategy=strategy, data_dir=data_dir)
+    res = run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
+    click.echo((Path(out) / "summary.md").read_text())
+    click.echo(f"wrote {Path(out) / 'report.json'}, summary.md, figure.png")
+    _ = res
+
+
+@main.command()
+def detectors():
+    """List the available detectors."""
+    from dnnpiracy.attack import DEFAULT_DETECTOR, DETECTORS
+    for name, spec in DETECTORS.items():
+        mark = "  (default)" if name == DEFAULT_DETECTOR else ""
+        click.echo(f"{name:34s} scorer={spec.scorer:32s} rule={spec.rule}{mark}  {spec.description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,123 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dnnpiracy.attack import (DETECTORS, GradCAM, KNNScorer, MahalanobisScorer, PiratedClassifier, fit_detector,
+                              minmax_scale, replacement_labels)
+from dnnpiracy.attack.scorers import Evidence
+from dnnpiracy.attack.thresholds import conformal_threshold, paper_thresholds
+from dnnpiracy.config import DetectorConfig, GanConfig
+from dnnpiracy.models import arch_info, build_model
+
+
+def captum_heatmaps(model, layer, x):
+    from captum.attr import LayerGradCam
+    model.eval()
+    with torch.no_grad():
+        pred = model(x).argmax(1)
+    attr = LayerGradCam(model, model.get_submodule(layer)).attribute(x, target=pred, relu_attributions=True)
+    up = F.interpolate(attr, size=x.shape[-2:], mode="bilinear", align_corners=False)
+    return minmax_scale(up.detach())
+
+
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer1"), ("small-cnn", "conv2")])
+def test_gradcam_matches_captum(arch, layer):
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    x = torch.rand(16, 1, 28, 28)
+    probe = GradCAM(model, layer, batch_size=7)(x)   # several batches on purpose
+    ref = captum_heatmaps(model, layer, x)
+    assert probe.heatmaps.shape == (16, 1, 28, 28)
+    assert (probe.heatmaps - ref).abs().max() <= 1e-5
+    with torch.no_grad():
+        assert torch.equal(probe.predictions, model(x).argmax(1))
+    assert all(p.requires_grad for p in model.parameters())  # parameters restored after the CAM
+
+
+def test_heatmap_scaling_never_nan():
+    maps = torch.zeros(3, 1, 7, 7)
+    maps[1] = 5.0
+    maps[2, 0, 3, 3] = 2.0
+    out = minmax_scale(maps)
+    assert torch.isfinite(out).all()
+    assert out[0].abs().sum() == 0 and out[1].abs().sum() == 0
+    assert out[2].max() == 1.0 and out[2].min() == 0.0
+
+
+def test_features_collected_in_same_forward():
+    model = build_model("resnet18").eval()
+    info = arch_info("resnet18")
+    probe = GradCAM(model, info.heatmap_layer, info.feature_layers)(torch.rand(4, 1, 28, 28))
+    assert probe.features["layer1"].shape == (4, 64) and probe.features["avgpool"].shape == (4, 512)
+    assert probe.cams.shape == (4, 1, 7, 7)
+
+
+def test_knn_and_mahalanobis_rank_outliers():
+    gen = torch.Generator().manual_seed(0)
+    X = torch.randn(200, 8, generator=gen)
+    y = torch.arange(200) % 2
+    X[y == 1] += 5
+    ev = Evidence(features=X, heatmap=X)
+    far = Evidence(features=torch.full((1, 8), 20.0), heatmap=torch.full((1, 8), 20.0))
+    near = Evidence(features=X[:1] * 0, heatmap=X[:1] * 0)
+    for scorer in (KNNScorer("features", k=3), MahalanobisScorer("features")):
+        scorer.fit(ev, y)
+        assert scorer.score(far, torch.tensor([0])) > scorer.score(near, torch.tensor([0]))
+        oof = scorer.oof_scores(ev, y, y)
+        assert oof.shape == (200,) and torch.isfinite(oof).all()
+
+
+def test_threshold_rules():
+    s = torch.tensor([1.0, 2.0, 3.0, 10.0])
+    y = torch.tensor([0, 0, 1, 1])
+    thr = paper_thresholds(s, y, tau=0.5, num_classes=3)
+    assert thr[0] == 2.5 and thr[1] == 10.5 and thr[2] == float("inf")
+    scores = torch.arange(1, 100, dtype=torch.float)        # 99 scores
+    assert conformal_threshold(scores, 0.1) == 90.0          # ceil(100*0.9) = 90th smallest
+    assert conformal_threshold(scores, 0.001) == float("inf")
+
+
+def test_strategies():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[5.0, 4.0, 0.0], [0.0, 1.0, 3.0]]).repeat(50, 1)
+    pred = logits.argmax(1)
+    other = replacement_labels(logits, "uniform-other", gen)
+    assert (other != pred).all() and set(other.tolist()) <= {0, 1, 2}
+    runner = replacement_labels(logits, "runner-up", gen)
+    assert runner.tolist() == [1, 1] * 50
+    uni = replacement_labels(logits, "uniform", gen)
+    assert set(uni.tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError):
+        replacement_labels(logits, "nope", gen)
+
+
+@pytest.mark.parametrize("detector", ["default", "knn-input", "mahalanobis-features"])
+def test_end_to_end_detects_obvious_trigger(tiny_target, detector):
+    ds, splits, target = tiny_target
+    info = arch_info("small-cnn")
+    sur = splits.surrogate_idx
+    det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur],
+                       DetectorConfig(detector=detector, target_fpr=0.02), tau=2.0)
+    pirated = PiratedClassifier(det, "uniform-other", seed=0)
+    ev = splits.evaluation_idx
+    clean = pirated.answer(ds.test_x[ev])
+    trig = pirated.answer(target.triggers.images)
+    assert clean.flags.float().mean() <= 0.1           # clean inputs pass
+    assert trig.flags.float().mean() >= 0.8            # the obvious trigger is caught
+    # unflagged answers are exactly the target's answers; flagged ones never the trigger label here
+    keep = ~clean.flags
+    assert torch.equal(clean.labels[keep], clean.target_labels[keep])
+    with torch.no_grad():
+        assert torch.equal(clean.target_labels, target.model(ds.test_x[ev]).argmax(1))
+    assert (trig.labels[trig.flags] != trig.target_labels[trig.flags]).all()
+
+
+def test_paper_detector_runs_and_reports(tiny_target):
+    ds, splits, target = tiny_target
+    sur = splits.surrogate_idx
+    cfg = DetectorConfig(detector="paper", gan=GanConfig(epochs=3))
+    det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur], cfg, tau=0.65)
+    ins = det.inspect(target.triggers.images)
+    assert ins.scores.shape == (15,) and torch.isfinite(ins.scores).all() and (ins.scores >= 0).all()
+    assert det.fit_info["rule"] == "paper" and len(det.fit_info["alpha"]) == 10
+    assert "paper" in DETECTORS
