@@ -69,13 +69,15 @@ class DetectorConfig:
     surrogate_fraction: float = 0.05
     heatmap_layer: str | None = None   # None = the architecture's default (arch_info)
     tau: float | None = None      # paper rule: flag if score > alpha_y + tau (None = dataset default)
-    target_fpr: float = 0.005     # calibrated rule: threshold at this clean-data quantile
+    target_fpr: float = 0.01      # calibrated rule: aim for this clean false-positive rate (conformal)
+    calibration_folds: int = 20   # calibrated rule: K-fold cross-fitting on the surrogate set (DCGAN: at most 5)
     gan: GanConfig = field(default_factory=GanConfig)
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check(0 < self.surrogate_fraction < 1, "surrogate_fraction must be in (0, 1)")
         _check(0 < self.target_fpr < 1, "target_fpr must be in (0, 1)")
+        _check(2 <= self.calibration_folds <= 1000, "calibration_folds must be in 2..1000")
 
 
 PAPER_TAU = {"mnist": 2.0, "mnist-10k": 2.0, "fashion-mnist": 0.65, "digits-tiny": 2.0}

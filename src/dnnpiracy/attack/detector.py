@@ -41,9 +41,10 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "mahalanobis-stages": lambda cfg: MahalanobisScorer("stages"),
     "mass": lambda cfg: HeatmapMassScorer(),
     "ensemble-heatmap-features-input": lambda cfg: EnsembleScorer(
-        [KNNScorer("heatmap", k=1), MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum", seed=cfg.seed),
+        [KNNScorer("heatmap", k=1), MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum",
+        cfg.calibration_folds, cfg.seed),
     "ensemble-stages-input": lambda cfg: EnsembleScorer(
-        [MahalanobisScorer("stages"), KNNScorer("input", k=1)], "sum", seed=cfg.seed),
+        [MahalanobisScorer("stages"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
 }
 
 DETECTORS: dict[str, DetectorSpec] = {
@@ -51,7 +52,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     "paper-calibrated": DetectorSpec("dcgan", "calibrated", description="paper's scorer, calibrated threshold"),
     **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
 }
-DEFAULT_DETECTOR = "ensemble-stages-input"
+DEFAULT_DETECTOR = "mahalanobis-features"
 
 
 def resolve_spec(name: str) -> DetectorSpec:
@@ -129,10 +130,12 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         thresholds = paper_thresholds(in_sample, surrogate_y, tau, num_classes)
         info_extra = {"rule": "paper", "tau": tau, "alpha": (thresholds - tau).tolist()}
     elif spec.rule == "calibrated":
-        oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=5, seed=cfg.seed)
+        folds = min(cfg.calibration_folds, 5) if isinstance(scorer, DCGANScorer) else cfg.calibration_folds
+        oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
         _fit(scorer, ev, surrogate_y, y_pred)
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
-        info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof))}
+        info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof)),
+                      "calibration_folds": folds}
     else:
         raise ValueError(f"unknown threshold rule {spec.rule!r}")
     info_extra["fit_seconds"] = time.perf_counter() - t0

@@ -30,6 +30,7 @@ class Evidence(dict):
         if feats:
             ev["features"] = feats[penultimate] if penultimate in feats else feats[list(feats)[-1]]
             ev["stages"] = torch.cat([feats[k] for k in feats], 1)
+            ev.update({f"stage:{k}": v for k, v in feats.items()})
         return ev
 
     def take(self, idx: torch.Tensor) -> "Evidence":
@@ -131,10 +132,23 @@ class MahalanobisScorer(Scorer):
     def score(self, ev, y):
         X = ev.need(self.evidence).flatten(1).double()
         out = torch.full((len(X),), float("inf"), dtype=torch.float64)
-        for c, idx in _groups(y):
-            if c in self.means:
-                diff = X[idx] - self.means[c]
-                out[idx] = ((diff @ self.precision) * diff).sum(1)
+        labels = torch.unique(y).tolist()
+        known = [c for c in labels if c in self.means]
+        if not known:
+            return out.float()
+        # every query minus its predicted class's mean, then one (B, d) x (d, d) product for the whole batch:
+        # one large GEMM instead of one per class (the same values up to float64 rounding)
+        row = torch.full((int(y.max()) + 1,), -1, dtype=torch.long)
+        row[torch.tensor(known)] = torch.arange(len(known))
+        row = row[y]
+        means = torch.stack([self.means[c] for c in known])
+        if len(known) == len(labels):
+            diff = X - means[row]
+            out = ((diff @ self.precision) * diff).sum(1)
+        else:
+            ok = row >= 0
+            diff = X[ok] - means[row[ok]]
+            out[ok] = ((diff @ self.precision) * diff).sum(1)
         return out.float()
 
 
@@ -180,7 +194,7 @@ class HeatmapMassScorer(Scorer):
 
     def score(self, ev, y):
         m = ev.need("heatmap").flatten(1).mean(1)
-        out = torch.full((len(X),), float("inf"))
+        out = torch.full((len(m),), float("inf"))
         for c, idx in _groups(y):
             if c in self.stats:
                 med, mad = self.stats[c]
@@ -196,25 +210,38 @@ class EnsembleScorer(Scorer):
     name = "ensemble"
     evidence = "+"
 
-    def __init__(self, components: list[Scorer], combine: str = "sum", folds: int = 5, seed: int = 0):
+    def __init__(self, components: list[Scorer], combine: str = "sum", folds: int = 20, seed: int = 0):
         if combine not in ("sum", "max"):
             raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.components, self.combine, self.folds, self.seed = components, combine, folds, seed
         self.centre = torch.zeros(len(components))
         self.scale = torch.ones(len(components))
-        self.y_pred_for_fit: torch.Tensor | None = None
+        self._standardised = False
+
+    def oof_scores(self, ev, y_true, y_pred, folds: int | None = None, seed: int | None = None) -> torch.Tensor:
+        """Each component's own out-of-fold scores, standardised and combined (computed once: no nested folds).
+        Sets the standardisation used by :meth:`score`."""
+        folds = folds or self.folds
+        seed = self.seed if seed is None else seed
+        raw = torch.stack([c.oof_scores(ev, y_true, y_pred, folds, seed) for c in self.components], 1)
+        for j in range(raw.shape[1]):
+            col = raw[:, j][torch.isfinite(raw[:, j])].double()
+            q1, med, q3 = torch.quantile(col, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+            self.centre[j], self.scale[j] = float(med), float(max(q3 - q1, 1e-9))
+        self._standardised = True
+        return self._combine((raw - self.centre) / self.scale)
 
     def fit(self, ev, y, y_pred: torch.Tensor | None = None):
-        y_pred = y if y_pred is None else y_pred
-        for j, comp in enumerate(self.components):
-            oof = comp.oof_scores(ev, y, y_pred, self.folds, self.seed)
-            oof = oof[torch.isfinite(oof)]
-            q1, med, q3 = torch.quantile(oof.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-            self.centre[j], self.scale[j] = float(med), float(max(q3 - q1, 1e-9))
+        if not getattr(self, "_standardised", False):
+            self.oof_scores(ev, y, y if y_pred is None else y_pred)
+        for comp in self.components:
             comp.fit(ev, y)
         return self
+
+    def _combine(self, z: torch.Tensor) -> torch.Tensor:
+        return z.sum(1) if self.combine == "sum" else z.max(1).values
 
     def score(self, ev, y):
         z = torch.stack([(c.score(ev, y) - self.centre[j]) / self.scale[j]
                          for j, c in enumerate(self.components)], 1)
-        return z.sum(1) if self.combine == "sum" else z.max(1).values
+        return self._combine(z)
