@@ -8,7 +8,7 @@ scorer fitted on the surrogate set, and a threshold rule.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from torch import nn
@@ -87,6 +87,8 @@ class Detector:
     num_classes: int
     penultimate: str
     fit_info: dict = field(default_factory=dict)
+    calibration_scores: torch.Tensor | None = None   # paper: in-sample scores of T_y; calibrated: out-of-fold
+    calibration_labels: torch.Tensor | None = None   # the surrogate set's true labels
 
     def probe(self, x: torch.Tensor) -> Probe:
         return self.cam(x)
@@ -98,6 +100,20 @@ class Detector:
         scores = self.scorer.score(ev, y)
         thr = self.thresholds[y]
         return Inspection(probe, scores, thr, scores > thr)
+
+    def with_tau(self, tau: float) -> "Detector":
+        """The same fitted detector under the paper's rule with another tau (alpha_y unchanged)."""
+        if self.spec.rule != "paper":
+            raise ValueError(f"detector {self.name!r} uses the {self.spec.rule} rule; tau applies to the paper rule")
+        thr = paper_thresholds(self.calibration_scores, self.calibration_labels, tau, self.num_classes)
+        return replace(self, thresholds=thr, fit_info={**self.fit_info, "tau": tau})
+
+    def with_target_fpr(self, target_fpr: float) -> "Detector":
+        """The same fitted detector with the calibrated threshold for another target FPR."""
+        if self.spec.rule != "calibrated":
+            raise ValueError(f"detector {self.name!r} uses the {self.spec.rule} rule, not the calibrated one")
+        thr = calibrated_thresholds(self.calibration_scores, target_fpr, self.num_classes)
+        return replace(self, thresholds=thr, fit_info={**self.fit_info, "target_fpr": target_fpr})
 
     def describe(self) -> dict:
         return {"name": self.name, **asdict(self.spec), "heatmap_layer": self.cam.layer,
@@ -129,6 +145,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         in_sample = scorer.score(ev, surrogate_y)          # D_y on T_y, as the paper defines alpha_y
         thresholds = paper_thresholds(in_sample, surrogate_y, tau, num_classes)
         info_extra = {"rule": "paper", "tau": tau, "alpha": (thresholds - tau).tolist()}
+        calib = in_sample
     elif spec.rule == "calibrated":
         folds = min(cfg.calibration_folds, 5) if isinstance(scorer, DCGANScorer) else cfg.calibration_folds
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
@@ -136,10 +153,12 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
         info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof)),
                       "calibration_folds": folds}
+        calib = oof
     else:
         raise ValueError(f"unknown threshold rule {spec.rule!r}")
     info_extra["fit_seconds"] = time.perf_counter() - t0
-    return Detector(name, spec, cam, scorer, thresholds, num_classes, info.penultimate, info_extra)
+    return Detector(name, spec, cam, scorer, thresholds, num_classes, info.penultimate, info_extra, calib,
+                    surrogate_y.clone())
 
 
 def _fit(scorer: Scorer, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:

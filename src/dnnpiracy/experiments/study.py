@@ -76,3 +76,18 @@ def rows_to_markdown(rows: list[dict]) -> str:
 
 def default_study_path() -> Path:
     return Path("results") / "detectors"
+
+
+def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
+    """Merge ``new_rows`` into the JSON at ``path`` (same dataset/label/seed/layer/detector/rule/tau replaces)."""
+    from dnnpiracy.io import read_json
+
+    def key(r):
+        return (r["dataset"], r["arch"], r["trigger_label"], r["seed"], r["layer"], r["detector"], r["rule"],
+                r.get("tau"), r.get("target_fpr"))
+
+    old = read_json(path)["rows"] if path.exists() else []
+    merged = {key(r): r for r in old}
+    merged.update({key(r): r for r in new_rows})
+    return sorted(merged.values(), key=lambda r: (r["dataset"], r["trigger_label"], r["seed"], r["layer"],
+                                                  r["detector"], str(r.get("tau"))))

@@ -1,0 +1,265 @@
+"""The paper's Tables I-V as a cached, resumable grid.
+
+A table is a small TOML file in ``experiments/tables/`` (dataset x trigger labels x archs x blocks x taus x detectors
+x seeds, plus the paper's numbers).  A *profile* maps it onto hardware: ``paper`` keeps the paper's hyperparameters,
+``cpu`` shrinks what must shrink to fit a 2-core machine and says so in every table.
+
+Caching is content-addressed at two levels: a trained target (keyed by dataset, training and trigger config, split)
+is shared by every table that needs it, and a *cell* (target x detector x threshold sweep) is one JSON file written
+atomically when finished.  A run killed at any point (even ``kill -9``) redoes only the unfinished cell.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import tomllib
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from dnnpiracy.attack import fit_detector, make_cam
+from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig
+from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
+from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
+from dnnpiracy.evaluation.metrics import wilson_interval
+from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
+from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.models import arch_info
+
+TABLES = ("1", "2", "3", "4", "5")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    epochs: dict[str, int]            # dataset -> target training epochs
+    gan_epochs: dict[str, int]        # dataset -> DCGAN epochs
+    arch_map: dict[str, str]          # the paper's arch -> the arch used (tables other than III)
+    keep_archs: bool                  # Table III keeps its architectures
+    note: str
+
+
+PROFILES = {
+    "paper": Profile("paper", {"mnist": 15, "mnist-10k": 15, "fashion-mnist": 15},
+                     {"mnist": 200, "mnist-10k": 200, "fashion-mnist": 200}, {}, True,
+                     "the paper's hyperparameters: ResNet-34 (101/152 in Table III), 15 epochs, batch 128, "
+                     "lr 1e-4, DCGAN 200 epochs; triggers oversampled x20 per epoch"),
+    "cpu": Profile("cpu", {"mnist": 2, "mnist-10k": 3, "fashion-mnist": 2},
+                   {"mnist": 200, "mnist-10k": 200, "fashion-mnist": 100}, {"resnet34": "resnet18"}, True,
+                   "reduced to fit 2 CPU cores: ResNet-18 instead of ResNet-34 (Table III keeps ResNet-34/101/152), "
+                   "3 epochs on mnist-10k / 2 on Fashion-MNIST instead of 15, DCGAN 100 epochs on Fashion-MNIST; "
+                   "triggers oversampled x20 per epoch; batch 128, lr 1e-4, tau and surrogate size as the paper"),
+}
+
+
+def load_table(table: str) -> dict:
+    if table not in TABLES:
+        raise ValueError(f"unknown table {table!r}; choose one of {', '.join(TABLES)} or all")
+    text = resources.files("dnnpiracy.experiments.tables").joinpath(f"table{table}.toml").read_text()
+    spec = tomllib.loads(text)
+    spec["id"] = table
+    return spec
+
+
+def resolve_dataset(name: str, data_dir: str | None) -> Dataset:
+    """'mnist' means the full MNIST when its files are present or downloadable, else mnist-10k (and says so)."""
+    if name == "mnist":
+        try:
+            return load_dataset("mnist", data_dir, download=True)
+        except DataError:
+            return load_dataset("mnist-10k", data_dir)
+    return load_dataset(name, data_dir)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One target x one detector; evaluated at every threshold of the table's sweep."""
+
+    dataset: str
+    arch: str
+    trigger_label: int
+    blocks: int
+    seed: int
+    detector: str
+    train: TrainConfig
+    gan_epochs: int
+
+    def key(self) -> str:
+        return config_key({**asdict(self), "v": 1})
+
+
+def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
+    cells = []
+    for arch in spec["archs"]:
+        used = arch if (spec["id"] == "3" and profile.keep_archs) else profile.arch_map.get(arch, arch)
+        for label in spec["trigger_labels"]:
+            for blocks in spec["blocks"]:
+                for seed in spec["seeds"]:
+                    train = TrainConfig(arch=used, epochs=profile.epochs[dataset_name], seed=seed,
+                                        trigger_oversample=20)
+                    for det in spec["detectors"]:
+                        cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
+                                          profile.gan_epochs[dataset_name]))
+    return cells
+
+
+def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: bool, log) -> dict:
+    """Train/reuse the target, fit the detector once, evaluate at every tau (paper rule) or target FPR
+    (calibrated rule).  Cached as cells/<key>.json."""
+    path = cache_dir / "cells" / f"{cell.key()}.json"
+    if path.exists():
+        return read_json(path)
+    t0 = time.perf_counter()
+    splits = make_splits(ds.test_y, 0.05, cell.seed)
+    trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
+    target = get_target(ds, splits, cell.train, trigger, cache_dir, progress, log)
+    info = arch_info(cell.arch, cell.train.stem)
+    sur, ev = splits.surrogate_idx, splits.evaluation_idx
+    taus = spec["taus"]
+    cfg = DetectorConfig(detector=cell.detector, seed=cell.seed, gan=GanConfig(epochs=cell.gan_epochs))
+    det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, taus[0], ds.num_classes)
+    cam = make_cam(target.model, info)
+    probes = {"clean": cam(ds.test_x[ev]), "triggers": cam(target.triggers.images),
+              "fresh": cam(target.fresh_triggers.images)}
+    if det.spec.rule == "paper":
+        variants = [("tau", t, det.with_tau(t)) for t in taus]
+    else:
+        fprs = spec.get("target_fprs", [cfg.target_fpr])
+        variants = [("target_fpr", a, det.with_target_fpr(a)) for a in fprs]
+    results = []
+    for kind, value, d in variants:
+        c, t, f = inspect_sets(d, ds.test_x[ev], ds.test_y[ev], target.triggers, target.fresh_triggers, probes)
+        m = evaluate(d, c, t, f, cell.trigger_label, "uniform", cell.seed)
+        results.append({kind: value, **{k: m[k] for k in (
+            "fpr", "fnr", "fnr_fresh", "auroc", "tpr_at_1pct_fpr", "target_test_accuracy", "pirated_test_accuracy",
+            "accuracy_loss", "target_trigger_accuracy", "pirated_trigger_accuracy", "n_clean", "n_triggers")},
+            "k_fp": round(m["fpr"] * m["n_clean"]), "k_fn": round(m["fnr"] * m["n_triggers"])})
+    out = {"cell": {**asdict(cell), "train": asdict(cell.train)}, "detector_name": det.name, "rule": det.spec.rule,
+           "target_report": {k: target.report.get(k) for k in ("test_accuracy", "trigger_accuracy",
+                                                              "fresh_trigger_accuracy", "train_seconds")},
+           "results": results, "fit_seconds": det.fit_info["fit_seconds"], "seconds": time.perf_counter() - t0,
+           "git_commit": git_commit(), "dataset_note": ds.note}
+    write_json(path, out)
+    return out
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x == x]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def aggregate(spec: dict, profile: Profile, cells: list[Cell], outs: list[dict]) -> list[dict]:
+    """One row per (configuration, detector, threshold) with mean/std over seeds and pooled Wilson intervals."""
+    groups: dict[tuple, list[tuple[dict, dict]]] = {}
+    for cell, out in zip(cells, outs):
+        for r in out["results"]:
+            thr_kind = "tau" if "tau" in r else "target_fpr"
+            key = (cell.arch, cell.trigger_label, cell.blocks, out["detector_name"], thr_kind, r[thr_kind])
+            groups.setdefault(key, []).append((cell, r, out))
+    rows = []
+    for (arch, label, blocks, det, thr_kind, thr), items in groups.items():
+        rs = [r for _, r, _ in items]
+        k_fp, n_fp = sum(r["k_fp"] for r in rs), sum(r["n_clean"] for r in rs)
+        k_fn, n_fn = sum(r["k_fn"] for r in rs), sum(r["n_triggers"] for r in rs)
+        fpr_m, fpr_s = _mean_std([r["fpr"] for r in rs])
+        fnr_m, fnr_s = _mean_std([r["fnr"] for r in rs])
+        pkey = {"1": str(label), "2": str(label), "3": arch, "4": str(blocks),
+                "5": str(float(thr)) if thr_kind == "tau" else None}.get(spec["id"])
+        paper = spec.get("paper", {}).get(pkey) if pkey is not None else None
+        rows.append({
+            "table": spec["id"], "dataset": items[0][0].dataset, "trigger_label": label, "arch": arch,
+            "blocks": blocks, "tau": thr if thr_kind == "tau" else None,
+            "target_fpr": thr if thr_kind == "target_fpr" else None, "detector": det, "profile": profile.name,
+            "seeds": sorted({c.seed for c, _, _ in items}),
+            "target_test_accuracy": _mean_std([r["target_test_accuracy"] for r in rs])[0],
+            "target_trigger_accuracy": _mean_std([r["target_trigger_accuracy"] for r in rs])[0],
+            "fpr_mean": fpr_m, "fpr_std": fpr_s, "fpr_ci95": wilson_interval(k_fp, n_fp),
+            "fnr_mean": fnr_m, "fnr_std": fnr_s, "fnr_ci95": wilson_interval(k_fn, n_fn),
+            "fnr_fresh_mean": _mean_std([r["fnr_fresh"] for r in rs])[0],
+            "auroc_mean": _mean_std([r["auroc"] for r in rs])[0],
+            "accuracy_loss_mean": _mean_std([r["accuracy_loss"] for r in rs])[0],
+            "paper_test_accuracy": paper[0] if paper else None,
+            "paper_fpr": paper[2] if paper else None, "paper_fnr": paper[3] if paper else None,
+        })
+    return rows
+
+
+def _f(v, p=3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{p}f}"
+
+
+def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -> str:
+    lines = [f"# Table {spec['id']}: {spec['title']}", "",
+             f"Profile `{profile.name}`: {profile.note}.", "",
+             f"Dataset: {meta['dataset_note']}", "",
+             "Rates are fractions (not percent). FPR over the clean evaluation split (test minus surrogate); FNR over "
+             "the 15 embedded trigger inputs. Our columns: mean +- std over seeds "
+             f"{rows[0]['seeds'] if rows else []}, [Wilson 95 % interval pooled over seeds].", "",
+             "| label | arch | blocks | threshold | paper FPR | paper FNR | detector | target acc | trigger acc | "
+             "FPR | FNR | AUROC | acc. loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    key = lambda r: (r["trigger_label"], r["arch"], r["blocks"], r["detector"] != "paper",  # noqa: E731
+                     r["tau"] if r["tau"] is not None else -1, r["target_fpr"] or 0)
+    for r in sorted(rows, key=key):
+        thr = f"tau {r['tau']}" if r["tau"] is not None else f"target FPR {r['target_fpr']}"
+        lines.append(
+            f"| {r['trigger_label']} | {r['arch']} | {r['blocks']} | {thr} | {_f(r['paper_fpr'], 4)} | "
+            f"{_f(r['paper_fnr'], 2)} | {r['detector']} | {_f(r['target_test_accuracy'])} | "
+            f"{_f(r['target_trigger_accuracy'], 2)} | {_f(r['fpr_mean'], 4)} +- {_f(r['fpr_std'], 4)} "
+            f"[{_f(r['fpr_ci95'][0], 4)}, {_f(r['fpr_ci95'][1], 4)}] | {_f(r['fnr_mean'])} +- {_f(r['fnr_std'])} "
+            f"[{_f(r['fnr_ci95'][0])}, {_f(r['fnr_ci95'][1])}] | {_f(r['auroc_mean'])} | "
+            f"{_f(r['accuracy_loss_mean'], 4)} |")
+    lines += ["", f"Cells: {meta['cells_done']}/{meta['cells_total']} finished. Wall time of this invocation "
+              f"{meta['wall_seconds']:.0f} s; summed compute of the finished cells {meta['cell_seconds']:.0f} s. "
+              f"Command `{meta['command']}`, commit {meta['git_commit']}."]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
+              data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
+              command: str = "") -> dict:
+    """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
+    if profile_name not in PROFILES:
+        raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
+    return reproduce_spec(load_table(table), PROFILES[profile_name], out_dir, cache_dir, data_dir, max_cells,
+                          progress, log, command)
+
+
+def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results"), cache_dir: Path | None = None,
+                   data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
+                   command: str = "") -> dict:
+    table = spec["id"]
+    t0 = time.perf_counter()
+    ds = resolve_dataset(spec["dataset"], data_dir)
+    cache_dir = Path(cache_dir or default_cache_dir())
+    cells = table_cells(spec, profile, ds.name)
+    done_cells, outs = [], []
+    todo = cells if max_cells is None else cells[:max_cells]
+    for cell in tqdm(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
+        log_path = cache_dir / "logs" / f"{cell.key()}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as fh:
+            def cell_log(msg, fh=fh):
+                fh.write(msg + "\n")
+                fh.flush()
+            out = run_cell(cell, spec, ds, cache_dir, False, cell_log)
+        done_cells.append(cell)
+        outs.append(out)
+    rows = aggregate(spec, profile, done_cells, outs)
+    meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
+            "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
+            "command": command, "git_commit": git_commit()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
+    atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
+    return {"rows": rows, "meta": meta}
+
+
+__all__ = ["TABLES", "PROFILES", "Profile", "Cell", "load_table", "table_cells", "run_cell", "aggregate",
+           "reproduce", "reproduce_spec"]

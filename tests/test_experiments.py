@@ -1,0 +1,44 @@
+import json
+
+import torch
+
+from dnnpiracy.experiments.reproduce import PROFILES, Profile, load_table, reproduce_spec, table_cells
+
+
+def test_tables_declare_the_paper_grid():
+    t1, t2, t3, t4, t5 = (load_table(str(i)) for i in range(1, 6))
+    assert t1["trigger_labels"] == list(range(10)) and t2["dataset"] == "fashion-mnist"
+    assert t3["archs"] == ["resnet34", "resnet101", "resnet152"] and t4["blocks"] == [1, 2, 3, 4]
+    assert 0.1 in t5["taus"] and 20.0 in t5["taus"]
+    assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
+    cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
+    assert len(cells) == 10 * 3 * 2 and {c.arch for c in cells} == {"resnet18"}
+    assert {c.arch for c in table_cells(t3, PROFILES["cpu"], "mnist-10k")} == {"resnet34", "resnet101", "resnet152"}
+    assert len({c.key() for c in cells}) == len(cells)
+
+
+def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
+    spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
+            "blocks": [4], "taus": [0.5, 2.0], "detectors": ["paper", "knn-input"], "seeds": [0],
+            "target_fprs": [0.05, 0.1], "paper": {"0": [0.9, 1.0, 0.0, 0.0]}}
+    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile")
+    res = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
+    rows = res["rows"]
+    assert {(r["detector"], r["tau"], r["target_fpr"]) for r in rows} == {
+        ("paper", 0.5, None), ("paper", 2.0, None), ("knn-input", None, 0.05), ("knn-input", None, 0.1)}
+    for r in rows:
+        assert 0 <= r["fpr_mean"] <= 1 and 0 <= r["fnr_mean"] <= 1 and r["paper_fnr"] == 0.0
+        lo, hi = r["fpr_ci95"]
+        assert lo <= r["fpr_mean"] <= hi
+    paper = {r["tau"]: r for r in rows if r["detector"] == "paper"}
+    assert paper[2.0]["fpr_mean"] <= paper[0.5]["fpr_mean"]        # a larger tau never flags more
+    saved = json.loads((tmp_path / "results" / "table1.json").read_text())
+    assert len(saved["rows"]) == 4 and "Table 1" in (tmp_path / "results" / "table1.md").read_text()
+    cells = list((tmp_path / "cache" / "cells").glob("*.json"))
+    assert len(cells) == 2
+    # resume: every cell is cached, so nothing is recomputed (fitting would be needed otherwise)
+    import dnnpiracy.experiments.reproduce as rep
+    monkeypatch.setattr(rep, "fit_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
+    again = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
+    assert again["rows"] == rows
+    assert torch.get_num_threads() >= 1
