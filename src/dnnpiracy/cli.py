@@ -146,6 +146,23 @@ def verify(model_dir, triggers, significance, as_json):
                    f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")
 
 
+@main.command("owner-report")
+@click.option("--watermarked", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--clean", type=click.Path(exists=True, file_okay=False), required=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="results/owner", show_default=True,
+              help="writes OUT.json and OUT.md")
+def owner_report(watermarked, clean, out):
+    """Owner: accuracy cost of the watermark and verification of a watermarked vs a clean model."""
+    from dnnpiracy.evaluation.owner import owner_comparison, owner_markdown
+    from dnnpiracy.io import atomic_write_text, git_commit, write_json
+    r = owner_comparison(Path(watermarked), Path(clean))
+    r["command"] = " ".join(["dnnpiracy", *sys.argv[1:]])
+    r["git_commit"] = git_commit()
+    write_json(Path(out).with_suffix(".json"), r)
+    atomic_write_text(Path(out).with_suffix(".md"), owner_markdown(r))
+    click.echo(owner_markdown(r))
+
+
 # ------------------------------------------------------------------------------------------- attacker: run
 @main.command()
 @click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True)
@@ -158,7 +175,7 @@ def verify(model_dir, triggers, significance, as_json):
               help="default | paper | any name of `dnnpiracy detectors`")
 @click.option("--tau", type=click.FloatRange(0, None), default=None,
               help="paper rule margin (default 2 MNIST, 0.65 Fashion-MNIST)")
-@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.005,
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="calibrated rule: clean false-positive rate to aim for")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
@@ -188,12 +205,118 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
 
 
 @main.command()
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True)
+@click.option("--arch", default="resnet18", show_default=True)
+@click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True)
+@click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--detectors", "names", default="paper,knn-heatmap,knn-cam,knn-input,knn-features,mahalanobis-features,"
+              "mahalanobis-stages,mass,ensemble-heatmap-features-input,ensemble-stages-input", show_default=True,
+              help="comma-separated detector names")
+@click.option("--layers", default="default", show_default=True,
+              help="comma-separated heatmap layers ('default' = the arch's)")
+@click.option("--tau", type=click.FloatRange(0, None), default=None, help="paper rule margin (default per dataset)")
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True)
+@click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default="results/detectors", show_default=True,
+              help="writes OUT.json (rows merged with earlier runs) and OUT.md")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_data_dir_option
+def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target_fpr, gan_epochs, out, cache_dir,
+          data_dir):
+    """Detector study: every detector x heatmap layer on one (cached) target; rows go to OUT.json / OUT.md."""
+    import time as _time
+
+    from dnnpiracy.config import paper_tau
+    from dnnpiracy.data import load_dataset, make_splits
+    from dnnpiracy.experiments.runner import CPU_TRAIN, get_target
+    from dnnpiracy.experiments.study import merge_rows, rows_to_markdown, study_target
+    from dnnpiracy.io import atomic_write_text, git_commit, write_json
+    t0 = _time.perf_counter()
+    ds = load_dataset(dataset, data_dir)
+    splits = make_splits(ds.test_y, 0.05, seed)
+    train = replace(CPU_TRAIN, arch=arch, epochs=epochs, seed=seed)
+    target = get_target(ds, splits, train, TriggerConfig(trigger_label=trigger_label, seed=seed),
+                        Path(cache_dir) if cache_dir else None)
+    tau = tau if tau is not None else paper_tau(dataset)
+    base = DetectorConfig(target_fpr=target_fpr, seed=seed, gan=GanConfig(epochs=gan_epochs))
+    layer_list = [None if x == "default" else x for x in layers.split(",")]
+    rows = study_target(target, ds, splits, names.split(","), layer_list, base, tau, log=click.echo)
+    stamp = {"command": " ".join(sys.argv), "git_commit": git_commit(), "wall_seconds": _time.perf_counter() - t0,
+             "target_test_accuracy": target.report["test_accuracy"],
+             "target_trigger_accuracy": target.report["trigger_accuracy"], "epochs": epochs}
+    rows = [{**r, **stamp} for r in rows]
+    out_path = Path(out)
+    merged = merge_rows(out_path.with_suffix(".json"), rows)
+    write_json(out_path.with_suffix(".json"), {"rows": merged})
+    atomic_write_text(out_path.with_suffix(".md"), rows_to_markdown(merged))
+    click.echo(f"wrote {out_path.with_suffix('.json')} and {out_path.with_suffix('.md')}")
+
+
+@main.command()
+@click.option("--table", type=click.Choice(["1", "2", "3", "4", "5", "all"]), required=True)
+@click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--max-cells", type=click.IntRange(1, None), default=None, help="stop after this many cells")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_data_dir_option
+def reproduce(table, profile, out, max_cells, cache_dir, data_dir):
+    """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json."""
+    from dnnpiracy.experiments.reproduce import TABLES
+    from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
+    for t in (TABLES if table == "all" else (table,)):
+        res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
+                           command=" ".join(["dnnpiracy", *sys.argv[1:]]))
+        click.echo(f"table {t}: {res['meta']['cells_done']}/{res['meta']['cells_total']} cells -> "
+                   f"{Path(out) / f'table{t}.md'}")
+
+
+@main.command()
 def detectors():
     """List the available detectors."""
     from dnnpiracy.attack import DEFAULT_DETECTOR, DETECTORS
     for name, spec in DETECTORS.items():
         mark = "  (default)" if name == DEFAULT_DETECTOR else ""
         click.echo(f"{name:34s} scorer={spec.scorer:32s} rule={spec.rule}{mark}  {spec.description}")
+
+
+# ------------------------------------------------------------------------------------------------ bench
+@main.command()
+@click.option("--arch", default="resnet34", show_default=True, help="architecture (random init, seed 0)")
+@click.option("--target", "target_dir", type=click.Path(exists=True), default=None,
+              help="benchmark a trained target instead (folder with model.safetensors); overrides --arch")
+@click.option("--detector", "detector_names", multiple=True,
+              help="detector to benchmark, repeatable (default: default and paper)")
+@click.option("--batch-size", "batch_sizes", type=click.IntRange(1, 65536), multiple=True,
+              help="batch size, repeatable (default: 1 and 256)")
+@click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True,
+              help="queries and surrogate set (falls back to digits-tiny if unavailable)")
+@click.option("--seconds", type=click.FloatRange(0, None, min_open=True), default=None,
+              help="time budget per measurement (default 3, 0.5 with --quick)")
+@click.option("--rounds", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="interleaved rounds per measurement (the median is reported)")
+@click.option("--quick", is_flag=True, help="short measurements; the paper's DCGANs train 5 epochs, not 200")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the result as JSON")
+@click.option("--md", "md_out", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown")
+@_data_dir_option
+def bench(arch, target_dir, detector_names, batch_sizes, dataset, seconds, rounds, quick, json_out, md_out,
+          data_dir):
+    """Serving and fitting cost: the pirated classifier against the bare model and a Captum-based pipeline."""
+    from dnnpiracy.bench import bench_markdown, run_bench
+    from dnnpiracy.io import atomic_write_text, write_json
+    res = run_bench(arch=arch, detectors=tuple(detector_names) or ("default", "paper"),
+                    batch_sizes=tuple(batch_sizes) or (1, 256), quick=quick, target_dir=target_dir,
+                    data_dir=data_dir, seconds_per_measure=seconds, echo=lambda m: click.echo(m, err=True),
+                    dataset=dataset, rounds=rounds, command=["dnnpiracy", *sys.argv[1:]])
+    md = bench_markdown(res)
+    click.echo(md)
+    if json_out:
+        write_json(json_out, res)
+        click.echo(f"wrote {json_out}")
+    if md_out:
+        atomic_write_text(md_out, md)
+        click.echo(f"wrote {md_out}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,9 @@
 heatmap layer and the pooled activations at any feature layers; one backward (from the heatmap layer on, with
 respect to the activations only: no weight gradients) gives every sample's own gradient.
 
+Eval-mode BatchNorm layers backpropagate through :class:`_EvalBatchNormInputGrad` (input gradient only, the same
+bits as ATen's backward, a fraction of its cost) for batches of ``LEAN_BN_MIN_BATCH`` or more.
+
 Shaped like pytorch-grad-cam: :class:`CAM` keeps hooks, batching, upsampling and scaling; a variant only says how to
 weight the activation channels (:class:`GradCAM` is the spatial mean of the gradient, as in the paper).
 """
@@ -40,6 +43,11 @@ def minmax_scale(maps: torch.Tensor) -> torch.Tensor:
     return scaled.view_as(maps)
 
 
+# below this batch size the Python cost of the lean BatchNorm backward exceeds what it saves (ResNet-34, 1 thread:
+# batch 8 +-0 %, 16 +3 %, 32 and 48 +4-10 % on the whole CAM)
+LEAN_BN_MIN_BATCH = 8
+
+
 @contextmanager
 def _frozen(model: nn.Module):
     """Parameters need no gradient for a CAM; freezing them skips weight gradients and graph building upstream."""
@@ -51,6 +59,70 @@ def _frozen(model: nn.Module):
     finally:
         for p, f in zip(model.parameters(), flags):
             p.requires_grad_(f)
+
+
+class _EvalBatchNormInputGrad(torch.autograd.Function):
+    """Eval-mode BatchNorm whose backward computes the input gradient only.
+
+    Forward: the module's own ``F.batch_norm`` call (training=False), bit for bit.  Backward: ``(grad * invstd) *
+    weight`` with ``invstd = float(1 / sqrt(double(running_var) + eps))``, the exact arithmetic of ATen's eval-mode
+    backward (so Captum's heatmaps are matched bit for bit), without the per-channel reductions ATen also makes for
+    the weight and bias gradients nobody asked for; on ResNet shapes that kernel costs 5-20x the two products
+    (e.g. 3.9 ms against 0.3 ms for 256x256x2x2).
+    """
+
+    @staticmethod
+    def forward(ctx, x, bn, invstd, weight):
+        ctx.invstd, ctx.weight = invstd, weight
+        return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        g = grad * ctx.invstd
+        if ctx.weight is not None:
+            g = g.mul_(ctx.weight)
+        return g, None, None, None
+
+
+def _bn_constants(bn: nn.BatchNorm2d, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(invstd, weight) shaped (C, 1, 1); cached while the buffers are the same tensors, unmodified."""
+    var, w = bn.running_var, bn.weight
+    key = (var.data_ptr(), var._version, bn.eps, None if w is None else (w.data_ptr(), w._version))
+    hit = cache.get(bn) if cache is not None else None
+    if hit is None or hit[0] != key:
+        v = var.detach()
+        invstd = (1.0 / torch.sqrt(v.double() + bn.eps)).to(v.dtype)[:, None, None]
+        hit = (key, invstd, None if w is None else w.detach()[:, None, None])
+        if cache is not None:
+            cache[bn] = hit
+    return hit[1], hit[2]
+
+
+def _lean_eval_bn(bn: nn.BatchNorm2d, cache: dict | None = None):
+    invstd, weight = _bn_constants(bn, cache)
+    original = bn.forward
+
+    def forward(x):
+        if (x.requires_grad and x.dim() == 4 and x.is_contiguous() and not bn.training
+                and not (bn.weight is not None and bn.weight.requires_grad)):   # inside _frozen only
+            return _EvalBatchNormInputGrad.apply(x, bn, invstd, weight)
+        return original(x)
+    return forward
+
+
+@contextmanager
+def _lean_batchnorm(model: nn.Module, enabled: bool = True, cache: dict | None = None):
+    """Within the block, eval-mode BatchNorm2d layers of ``model`` backpropagate through
+    :class:`_EvalBatchNormInputGrad` (identical values, less work); anything else runs the module's own forward."""
+    mods = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d) and not m.training
+            and m.track_running_stats and m.running_var is not None and "forward" not in vars(m)] if enabled else []
+    for m in mods:
+        m.forward = _lean_eval_bn(m, cache)
+    try:
+        yield
+    finally:
+        for m in mods:
+            del m.forward
 
 
 def _pool(t: torch.Tensor) -> torch.Tensor:
@@ -66,6 +138,7 @@ class CAM:
         self.layer = layer
         self.feature_layers = tuple(feature_layers)
         self.batch_size = batch_size
+        self._bn_cache: dict = {}
         try:
             self._layer_module = model.get_submodule(layer)
             self._feature_modules = {n: model.get_submodule(n) for n in self.feature_layers}
@@ -105,7 +178,8 @@ class CAM:
         device = next(self.model.parameters()).device
         x = x.to(device)
         try:
-            with _frozen(self.model), torch.enable_grad():
+            lean_bn = _lean_batchnorm(self.model, len(x) >= LEAN_BN_MIN_BATCH, self._bn_cache)
+            with _frozen(self.model), lean_bn, torch.enable_grad():
                 logits = self.model(x)
                 act = store["act"]
                 idx = logits.argmax(1) if targets is None else targets.to(device)
