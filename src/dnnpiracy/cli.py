@@ -179,7 +179,8 @@ def owner_report(watermarked, clean, out):
               show_default=True, help="calibrated rule: clean false-positive rate to aim for")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform", show_default=True)
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
+              help="label for flagged queries: uniform (paper), uniform-other, runner-up")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="smoke run: small CNN, 2 epochs (< 3 minutes)")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)

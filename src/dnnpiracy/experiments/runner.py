@@ -37,7 +37,7 @@ class RunConfig:
     train: TrainConfig = CPU_TRAIN
     trigger: TriggerConfig = TriggerConfig()
     detector: DetectorConfig = DetectorConfig()
-    strategy: str = "uniform"
+    strategy: str = "uniform-other"   # the paper answers uniformly at random; see README "Deviations"
     significance: float = 0.01
     data_dir: str | None = None
 
