@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
-from dnnpiracy.attack.scorers import (DCGANScorer, EnsembleScorer, Evidence, HeatmapMassScorer, KNNScorer,
-                                      MahalanobisScorer, Scorer)
+from dnnpiracy.attack.scorers import (DCGANScorer, EnergyScorer, EnsembleScorer, Evidence, HeatmapMassScorer,
+                                      KNNScorer, MahalanobisScorer, Scorer)
 from dnnpiracy.attack.thresholds import calibrated_thresholds, paper_thresholds
 from dnnpiracy.config import DetectorConfig, GanConfig
 from dnnpiracy.models import ArchInfo
@@ -45,6 +45,13 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         cfg.calibration_folds, cfg.seed),
     "ensemble-stages-input": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-features-input": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-features-energy": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("features"), EnergyScorer()], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-stages-input-energy": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), KNNScorer("input", k=1), EnergyScorer()], "sum", cfg.calibration_folds,
+        cfg.seed),
 }
 
 DETECTORS: dict[str, DetectorSpec] = {

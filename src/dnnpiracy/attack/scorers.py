@@ -17,7 +17,7 @@ from dnnpiracy.attack.heatmaps import Probe
 from dnnpiracy.config import GanConfig
 
 
-EVIDENCE = ("heatmap", "cam", "features", "stages", "input")
+EVIDENCE = ("heatmap", "cam", "features", "stages", "input", "logits")
 
 
 class Evidence(dict):
@@ -26,7 +26,8 @@ class Evidence(dict):
     @classmethod
     def from_probe(cls, probe: Probe, x: torch.Tensor, penultimate: str | None = None) -> "Evidence":
         feats = probe.features
-        ev = cls(heatmap=probe.heatmaps, cam=probe.cams.flatten(1), input=x.detach().flatten(1).cpu())
+        ev = cls(heatmap=probe.heatmaps, cam=probe.cams.flatten(1), input=x.detach().flatten(1).cpu(),
+                 logits=probe.logits)
         if feats:
             ev["features"] = feats[penultimate] if penultimate in feats else feats[list(feats)[-1]]
             ev["stages"] = torch.cat([feats[k] for k in feats], 1)
@@ -200,6 +201,20 @@ class HeatmapMassScorer(Scorer):
                 med, mad = self.stats[c]
                 out[idx] = (m[idx] - med).abs() / mad
         return out
+
+
+class EnergyScorer(Scorer):
+    """Negative free energy, -logsumexp(logits) (Liu et al. 2020): high when the target is unsure about every
+    class.  Needs no fitting; useful as one component of an ensemble."""
+
+    name = "energy"
+    evidence = "logits"
+
+    def fit(self, ev, y):
+        return self
+
+    def score(self, ev, y):
+        return -torch.logsumexp(ev.need("logits").float(), 1)
 
 
 class EnsembleScorer(Scorer):
