@@ -232,8 +232,8 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
     from dnnpiracy.config import paper_tau
     from dnnpiracy.data import load_dataset, make_splits
     from dnnpiracy.experiments.runner import CPU_TRAIN, get_target
-    from dnnpiracy.experiments.study import merge_rows, rows_to_markdown, study_target
-    from dnnpiracy.io import atomic_write_text, git_commit, write_json
+    from dnnpiracy.experiments.study import study_target, write_study
+    from dnnpiracy.io import git_commit
     t0 = _time.perf_counter()
     ds = load_dataset(dataset, data_dir)
     splits = make_splits(ds.test_y, 0.05, seed)
@@ -244,14 +244,12 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
     base = DetectorConfig(target_fpr=target_fpr, seed=seed, gan=GanConfig(epochs=gan_epochs))
     layer_list = [None if x == "default" else x for x in layers.split(",")]
     rows = study_target(target, ds, splits, names.split(","), layer_list, base, tau, log=click.echo)
-    stamp = {"command": " ".join(sys.argv), "git_commit": git_commit(), "wall_seconds": _time.perf_counter() - t0,
+    stamp = {"command": " ".join(["dnnpiracy", *sys.argv[1:]]), "git_commit": git_commit(), "wall_seconds": _time.perf_counter() - t0,
              "target_test_accuracy": target.report["test_accuracy"],
              "target_trigger_accuracy": target.report["trigger_accuracy"], "epochs": epochs}
     rows = [{**r, **stamp} for r in rows]
     out_path = Path(out)
-    merged = merge_rows(out_path.with_suffix(".json"), rows)
-    write_json(out_path.with_suffix(".json"), {"rows": merged})
-    atomic_write_text(out_path.with_suffix(".md"), rows_to_markdown(merged))
+    write_study(out_path, rows)
     click.echo(f"wrote {out_path.with_suffix('.json')} and {out_path.with_suffix('.md')}")
 
 

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
-from dnnpiracy.attack.scorers import (DCGANScorer, EnergyScorer, EnsembleScorer, Evidence, HeatmapMassScorer,
-                                      KNNScorer, MahalanobisScorer, Scorer)
+from dnnpiracy.attack.scorers import (ClassNormalizedScorer, DCGANScorer, EnergyScorer, EnsembleScorer, Evidence,
+                                      HeatmapMassScorer, KNNScorer, MahalanobisScorer, Scorer)
 from dnnpiracy.attack.thresholds import calibrated_thresholds, paper_thresholds
 from dnnpiracy.config import DetectorConfig, GanConfig
 from dnnpiracy.models import ArchInfo
@@ -53,6 +53,9 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         [MahalanobisScorer("stages"), KNNScorer("input", k=1), EnergyScorer()], "sum", cfg.calibration_folds,
         cfg.seed),
 }
+# every scorer also comes class-normalised ("<name>-cn"): held to its predicted class's own spread
+SCORERS.update({f"{name}-cn": (lambda cfg, make=make: ClassNormalizedScorer(make(cfg)))
+                for name, make in list(SCORERS.items()) if name != "dcgan"})
 
 DETECTORS: dict[str, DetectorSpec] = {
     "paper": DetectorSpec("dcgan", "paper", description="the paper: per-class DCGAN discriminator, alpha_y + tau"),
@@ -169,7 +172,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
 
 
 def _fit(scorer: Scorer, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
-    if isinstance(scorer, EnsembleScorer):
+    if isinstance(scorer, (EnsembleScorer, ClassNormalizedScorer)):
         scorer.fit(ev, y_true, y_pred)
     else:
         scorer.fit(ev, y_true)

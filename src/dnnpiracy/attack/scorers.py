@@ -260,3 +260,55 @@ class EnsembleScorer(Scorer):
         z = torch.stack([(c.score(ev, y) - self.centre[j]) / self.scale[j]
                          for j, c in enumerate(self.components)], 1)
         return self._combine(z)
+
+
+class ClassNormalizedScorer(Scorer):
+    """Wrap a scorer so that every predicted class is held to its own spread: a score becomes
+    (score - median_y) / IQR_y, with the median and interquartile range of the out-of-fold surrogate scores of the
+    inputs predicted as y.  One global threshold on these then means "unusual for this class", so a tight class
+    (e.g. T-shirt features) does not hide its outliers behind a loose one (e.g. Bag)."""
+
+    name = "class-normalized"
+
+    def __init__(self, base: Scorer, min_per_class: int = 5):
+        self.base, self.min_per_class = base, min_per_class
+        self.evidence = base.evidence
+        self.centre: dict[int, float] = {}
+        self.scale: dict[int, float] = {}
+        self._global = (0.0, 1.0)
+
+    def _stats(self, raw: torch.Tensor, y_pred: torch.Tensor) -> None:
+        def robust(v: torch.Tensor) -> tuple[float, float]:
+            q1, med, q3 = torch.quantile(v.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+            return float(med), float(max(q3 - q1, 1e-9))
+        ok = torch.isfinite(raw)
+        self._global = robust(raw[ok])
+        self.centre, self.scale = {}, {}
+        for c, idx in _groups(y_pred):
+            v = raw[idx][ok[idx]]
+            if len(v) >= self.min_per_class:
+                self.centre[c], self.scale[c] = robust(v)
+
+    def _normalise(self, raw: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        centre = torch.tensor([self.centre.get(int(c), self._global[0]) for c in y.tolist()], dtype=raw.dtype)
+        scale = torch.tensor([self.scale.get(int(c), self._global[1]) for c in y.tolist()], dtype=raw.dtype)
+        return (raw - centre) / scale
+
+    def oof_scores(self, ev, y_true, y_pred, folds: int = 20, seed: int = 0) -> torch.Tensor:
+        raw = self.base.oof_scores(ev, y_true, y_pred, folds, seed)
+        self._stats(raw, y_pred)
+        self._calibrated = True
+        return self._normalise(raw, y_pred)
+
+    def fit(self, ev, y, y_pred: torch.Tensor | None = None):
+        y_pred = y if y_pred is None else y_pred
+        if not getattr(self, "_calibrated", False):
+            self.oof_scores(ev, y, y_pred)
+        if isinstance(self.base, EnsembleScorer):
+            self.base.fit(ev, y, y_pred)
+        else:
+            self.base.fit(ev, y)
+        return self
+
+    def score(self, ev, y):
+        return self._normalise(self.base.score(ev, y), y)

@@ -91,3 +91,14 @@ def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
     merged.update({key(r): r for r in new_rows})
     return sorted(merged.values(), key=lambda r: (r["dataset"], r["trigger_label"], r["seed"], r["layer"],
                                                   r["detector"], str(r.get("tau"))))
+
+
+def write_study(out_path: Path, new_rows: list[dict]) -> None:
+    """Merge rows into OUT.json and render OUT.md (OUT_notes.md, the hand-written analysis, goes on top)."""
+    from dnnpiracy.io import atomic_write_text, write_json
+
+    merged = merge_rows(out_path.with_suffix(".json"), new_rows)
+    write_json(out_path.with_suffix(".json"), {"rows": merged})
+    notes = out_path.with_name(out_path.name + "_notes.md")
+    head = notes.read_text() + "\n" if notes.exists() else ""
+    atomic_write_text(out_path.with_suffix(".md"), head + "## All rows\n\n" + rows_to_markdown(merged))
