@@ -2,7 +2,9 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found in results/detectors.md.
+``default`` is the best design found on development targets (results/detector_selection.md): Mahalanobis distance of
+all pooled stage activations plus nearest-neighbour distance of the raw input, each standardised by its out-of-fold
+surrogate scores, summed, and thresholded by cross-fitted split conformal calibration at a 1 % target FPR.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     "paper-calibrated": DetectorSpec("dcgan", "calibrated", description="paper's scorer, calibrated threshold"),
     **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
 }
-DEFAULT_DETECTOR = "mahalanobis-features"
+DEFAULT_DETECTOR = "ensemble-stages-input"
 
 
 def resolve_spec(name: str) -> DetectorSpec:
