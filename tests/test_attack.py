@@ -121,3 +121,30 @@ def test_paper_detector_runs_and_reports(tiny_target):
     assert ins.scores.shape == (15,) and torch.isfinite(ins.scores).all() and (ins.scores >= 0).all()
     assert det.fit_info["rule"] == "paper" and len(det.fit_info["alpha"]) == 10
     assert "paper" in DETECTORS
+
+
+def test_ensemble_and_class_normalised_scorers():
+    from dnnpiracy.attack.scorers import ClassNormalizedScorer, EnergyScorer, EnsembleScorer
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(300, 6, generator=gen)
+    y = torch.arange(300) % 3
+    X[y == 1] *= 5                       # class 1 is five times as spread out as class 0
+    logits = torch.randn(300, 3, generator=gen)
+    ev = Evidence(features=X, input=X * 2, logits=logits)
+    ens = EnsembleScorer([MahalanobisScorer("features"), KNNScorer("input")], "sum", folds=5)
+    oof = ens.oof_scores(ev, y, y, folds=5)
+    ens.fit(ev, y, y)
+    assert oof.shape == (300,) and abs(float(oof.median())) < 1.0      # standardised around 0
+    cn = ClassNormalizedScorer(KNNScorer("features"))
+    cn_oof = cn.oof_scores(ev, y, y, folds=5)
+    cn.fit(ev, y, y)
+    # after normalisation, each class's out-of-fold scores have median ~0 and IQR ~1
+    for c in range(3):
+        v = cn_oof[y == c]
+        q1, med, q3 = torch.quantile(v, torch.tensor([0.25, 0.5, 0.75]))
+        assert abs(float(med)) < 1e-4 and abs(float(q3 - q1) - 1) < 1e-3
+    far = Evidence(features=torch.full((1, 6), 4.0), input=torch.zeros(1, 6), logits=torch.zeros(1, 3))
+    # the same point is far more unusual for the tight class 0 than for the loose class 1
+    assert cn.score(far, torch.tensor([0])) > cn.score(far, torch.tensor([1]))
+    e = EnergyScorer().fit(ev, y)
+    assert torch.allclose(e.score(ev, y), -torch.logsumexp(logits, 1))
