@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from dnnpiracy.attack import fit_detector, make_cam
+from dnnpiracy.attack import DEFAULT_DETECTOR, fit_detector, make_cam
 from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig
 from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -87,6 +87,8 @@ class Cell:
     detector: str
     train: TrainConfig
     gan_epochs: int
+    taus: tuple[float, ...] = ()           # the sweep is part of the key: a cell stores one result per value
+    target_fprs: tuple[float, ...] = ()
 
     def key(self) -> str:
         return config_key({**asdict(self), "v": 1})
@@ -102,8 +104,10 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                     train = TrainConfig(arch=used, epochs=profile.epochs[dataset_name], seed=seed,
                                         trigger_oversample=20)
                     for det in spec["detectors"]:
+                        det = DEFAULT_DETECTOR if det == "default" else det   # cache key names the design
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
-                                          profile.gan_epochs[dataset_name]))
+                                          profile.gan_epochs[dataset_name], tuple(spec["taus"]),
+                                          tuple(spec.get("target_fprs", [0.01]))))
     return cells
 
 
@@ -119,7 +123,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     target = get_target(ds, splits, cell.train, trigger, cache_dir, progress, log)
     info = arch_info(cell.arch, cell.train.stem)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
-    taus = spec["taus"]
+    taus = list(cell.taus)
     cfg = DetectorConfig(detector=cell.detector, seed=cell.seed, gan=GanConfig(epochs=cell.gan_epochs))
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, taus[0], ds.num_classes)
     cam = make_cam(target.model, info)
@@ -128,7 +132,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     if det.spec.rule == "paper":
         variants = [("tau", t, det.with_tau(t)) for t in taus]
     else:
-        fprs = spec.get("target_fprs", [cfg.target_fpr])
+        fprs = list(cell.target_fprs)
         variants = [("target_fpr", a, det.with_target_fpr(a)) for a in fprs]
     results = []
     for kind, value, d in variants:
