@@ -9,8 +9,10 @@ DATA_DIR="${DNNPIRACY_DATA:-$HOME/.cache/dnnpiracy/data}"
 say() { printf '[setup] %s\n' "$*"; }
 
 # 1. the package (torch pinned to the CPU build; no torchvision)
-if "$PY" -c "import dnnpiracy, pytest, hypothesis" 2>/dev/null && [ "${FORCE:-0}" != 1 ]; then
-  say "python package already installed"
+HERE="$(pwd)/src/dnnpiracy"
+if [ "$("$PY" -c 'import dnnpiracy, pytest, hypothesis, os; print(os.path.dirname(dnnpiracy.__file__))' 2>/dev/null)" = "$HERE" ] \
+   && [ "${FORCE:-0}" != 1 ]; then
+  say "python package already installed from this checkout"
 else
   say "installing the python package and dev tools (pip)"
   "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"

@@ -245,6 +245,18 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     cells = table_cells(spec, profile, ds.name)
     done_cells, outs = [], []
     todo = cells if max_cells is None else cells[:max_cells]
+
+    def write_tables() -> tuple[list[dict], dict]:
+        """Aggregate every finished cell so far (called after each cell: a killed run leaves a valid table)."""
+        rows = aggregate(spec, profile, done_cells, outs)
+        meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
+                "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
+                "command": command, "git_commit": git_commit()}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
+        atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
+        return rows, meta
+
     for cell in tqdm(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
         log_path = cache_dir / "logs" / f"{cell.key()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -255,13 +267,8 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
             out = run_cell(cell, spec, ds, cache_dir, False, cell_log)
         done_cells.append(cell)
         outs.append(out)
-    rows = aggregate(spec, profile, done_cells, outs)
-    meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
-            "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
-            "command": command, "git_commit": git_commit()}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
-    atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
+        write_tables()
+    rows, meta = write_tables()
     return {"rows": rows, "meta": meta}
 
 
