@@ -182,7 +182,7 @@ def owner_report(watermarked, clean, out):
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
               help="label for flagged queries: uniform (paper), uniform-other, runner-up")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quick", is_flag=True, help="smoke run: small CNN, 2 epochs (< 3 minutes)")
+@click.option("--quick", is_flag=True, help="smoke run: small CNN, 2 epochs, lr 1e-3 (about 1 minute)")
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option

@@ -27,7 +27,7 @@ from dnnpiracy.watermark import Target, embed_watermark
 # The CPU profile: what fits this 2-core machine (see README "Design decisions").  The paper's own values live in
 # TrainConfig's defaults (ResNet-34, 15 epochs).
 CPU_TRAIN = TrainConfig(arch="resnet18", epochs=3, trigger_oversample=20)
-QUICK_TRAIN = TrainConfig(arch="small-cnn", epochs=2, trigger_oversample=20)
+QUICK_TRAIN = TrainConfig(arch="small-cnn", epochs=2, lr=1e-3, trigger_oversample=20)  # smoke run: a larger lr
 PAPER_TRAIN = TrainConfig(trigger_oversample=20)
 
 
