@@ -2,8 +2,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dnnpiracy.attack import (DETECTORS, GradCAM, KNNScorer, MahalanobisScorer, PiratedClassifier, fit_detector,
-                              minmax_scale, replacement_labels)
+from dnnpiracy.attack import (
+    DETECTORS,
+    GradCAM,
+    KNNScorer,
+    MahalanobisScorer,
+    PiratedClassifier,
+    fit_detector,
+    minmax_scale,
+    replacement_labels,
+)
 from dnnpiracy.attack.scorers import Evidence
 from dnnpiracy.attack.thresholds import conformal_threshold, paper_thresholds
 from dnnpiracy.config import DetectorConfig, GanConfig

@@ -5,8 +5,15 @@ import torch
 
 from dnnpiracy.config import ConfigError, TriggerConfig
 from dnnpiracy.io import ArtifactError
-from dnnpiracy.watermark import (binomial_sf, disc_mask, load_trigger_set, make_trigger_set, save_trigger_set,
-                                 stamp_discs, verify)
+from dnnpiracy.watermark import (
+    binomial_sf,
+    disc_mask,
+    load_trigger_set,
+    make_trigger_set,
+    save_trigger_set,
+    stamp_discs,
+    verify,
+)
 
 
 def test_radius3_disc_has_29_pixels():

@@ -199,10 +199,9 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
                                             heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs)),
                     strategy=strategy, data_dir=data_dir)
-    res = run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
+    run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
     click.echo((Path(out) / "summary.md").read_text())
     click.echo(f"wrote {Path(out) / 'report.json'}, summary.md, figure.png")
-    _ = res
 
 
 @main.command()
@@ -244,7 +243,8 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
     base = DetectorConfig(target_fpr=target_fpr, seed=seed, gan=GanConfig(epochs=gan_epochs))
     layer_list = [None if x == "default" else x for x in layers.split(",")]
     rows = study_target(target, ds, splits, names.split(","), layer_list, base, tau, log=click.echo)
-    stamp = {"command": " ".join(["dnnpiracy", *sys.argv[1:]]), "git_commit": git_commit(), "wall_seconds": _time.perf_counter() - t0,
+    stamp = {"command": " ".join(["dnnpiracy", *sys.argv[1:]]), "git_commit": git_commit(),
+             "wall_seconds": _time.perf_counter() - t0,
              "target_test_accuracy": target.report["test_accuracy"],
              "target_trigger_accuracy": target.report["trigger_accuracy"], "epochs": epochs}
     rows = [{**r, **stamp} for r in rows]

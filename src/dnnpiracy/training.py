@@ -16,7 +16,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dnnpiracy.config import TrainConfig
-from dnnpiracy.io import ArtifactError, atomic_torch_save, safe_torch_load, load_tensors, save_tensors, git_commit
+from dnnpiracy.io import (
+    ArtifactError,
+    atomic_torch_save,
+    git_commit,
+    load_tensors,
+    safe_torch_load,
+    save_tensors,
+)
 from dnnpiracy.models import build_model
 
 

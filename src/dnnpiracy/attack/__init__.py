@@ -1,11 +1,27 @@
 """Attacker side: heatmaps of queries, per-class trigger detectors, the pirated classifier."""
 
-from dnnpiracy.attack.detector import (DEFAULT_DETECTOR, DETECTORS, SCORERS, Detector, DetectorSpec, Inspection,
-                                       fit_detector, make_cam, resolve_spec)
+from dnnpiracy.attack.detector import (
+                                       DEFAULT_DETECTOR,
+                                       DETECTORS,
+                                       SCORERS,
+                                       Detector,
+                                       DetectorSpec,
+                                       Inspection,
+                                       fit_detector,
+                                       make_cam,
+                                       resolve_spec,
+)
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, GradCAM, GradCAMPlusPlus, Probe, minmax_scale
 from dnnpiracy.attack.pirated import PiratedAnswer, PiratedClassifier, replacement_labels
-from dnnpiracy.attack.scorers import (DCGANScorer, EnsembleScorer, Evidence, HeatmapMassScorer, KNNScorer,
-                                      MahalanobisScorer, Scorer)
+from dnnpiracy.attack.scorers import (
+                                       DCGANScorer,
+                                       EnsembleScorer,
+                                       Evidence,
+                                       HeatmapMassScorer,
+                                       KNNScorer,
+                                       MahalanobisScorer,
+                                       Scorer,
+)
 
 __all__ = ["DEFAULT_DETECTOR", "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",

@@ -16,8 +16,17 @@ import torch
 from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
-from dnnpiracy.attack.scorers import (ClassNormalizedScorer, DCGANScorer, EnergyScorer, EnsembleScorer, Evidence,
-                                      HeatmapMassScorer, KNNScorer, MahalanobisScorer, Scorer)
+from dnnpiracy.attack.scorers import (
+    ClassNormalizedScorer,
+    DCGANScorer,
+    EnergyScorer,
+    EnsembleScorer,
+    Evidence,
+    HeatmapMassScorer,
+    KNNScorer,
+    MahalanobisScorer,
+    Scorer,
+)
 from dnnpiracy.attack.thresholds import calibrated_thresholds, paper_thresholds
 from dnnpiracy.config import DetectorConfig, GanConfig
 from dnnpiracy.models import ArchInfo

@@ -12,10 +12,9 @@ import copy
 
 import torch
 
-from dnnpiracy.attack.dcgan import discriminator_score, train_dcgan, Discriminator
+from dnnpiracy.attack.dcgan import Discriminator, discriminator_score, train_dcgan
 from dnnpiracy.attack.heatmaps import Probe
 from dnnpiracy.config import GanConfig
-
 
 EVIDENCE = ("heatmap", "cam", "features", "stages", "input", "logits")
 

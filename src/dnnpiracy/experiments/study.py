@@ -8,7 +8,6 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 from tqdm.auto import tqdm
 
 from dnnpiracy.attack import fit_detector, make_cam

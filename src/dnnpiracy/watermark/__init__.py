@@ -1,8 +1,17 @@
 """Owner side: trigger inputs, watermark embedding, black-box verification."""
 
 from dnnpiracy.watermark.embed import Target, embed_watermark, owner_metrics
-from dnnpiracy.watermark.triggers import (TriggerSet, apply_trigger, disc_mask, load_trigger_set, make_fresh_triggers,
-                                          make_trigger_set, save_trigger_grid, save_trigger_set, stamp_discs)
+from dnnpiracy.watermark.triggers import (
+                                          TriggerSet,
+                                          apply_trigger,
+                                          disc_mask,
+                                          load_trigger_set,
+                                          make_fresh_triggers,
+                                          make_trigger_set,
+                                          save_trigger_grid,
+                                          save_trigger_set,
+                                          stamp_discs,
+)
 from dnnpiracy.watermark.verify import Verification, binomial_sf, verify
 
 __all__ = ["Target", "embed_watermark", "owner_metrics", "TriggerSet", "apply_trigger", "disc_mask",

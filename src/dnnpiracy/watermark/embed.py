@@ -6,15 +6,20 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from dnnpiracy.config import TrainConfig, TriggerConfig
 from dnnpiracy.data import Dataset, Splits
-from dnnpiracy.io import read_json, write_json, git_commit
+from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.training import accuracy, load_model, save_model, train_classifier
-from dnnpiracy.watermark.triggers import (TriggerSet, load_trigger_set, make_fresh_triggers, make_trigger_set,
-                                          save_trigger_grid, save_trigger_set)
+from dnnpiracy.watermark.triggers import (
+    TriggerSet,
+    load_trigger_set,
+    make_fresh_triggers,
+    make_trigger_set,
+    save_trigger_grid,
+    save_trigger_set,
+)
 
 MODEL_FILE, TRIGGERS_FILE, FRESH_FILE, REPORT_FILE = "model.safetensors", "triggers.safetensors", \
     "fresh_triggers.safetensors", "report.json"
