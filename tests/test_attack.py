@@ -156,3 +156,16 @@ def test_ensemble_and_class_normalised_scorers():
     assert cn.score(far, torch.tensor([0])) > cn.score(far, torch.tensor([1]))
     e = EnergyScorer().fit(ev, y)
     assert torch.allclose(e.score(ev, y), -torch.logsumexp(logits, 1))
+
+
+def test_margins_keep_the_ranking_when_the_threshold_is_infinite():
+    from dnnpiracy.attack.detector import Inspection
+    from dnnpiracy.attack.heatmaps import Probe
+    from dnnpiracy.evaluation.evaluate import Inspected
+    from dnnpiracy.evaluation.metrics import auroc
+    probe = Probe(torch.zeros(4, 10), torch.zeros(4, 1, 28, 28), torch.zeros(4, 1, 7, 7))
+    def ins(scores):
+        s = torch.tensor(scores)
+        return Inspected(torch.zeros(len(s), 1, 28, 28), torch.zeros(len(s)),
+                         Inspection(probe, s, torch.full((len(s),), float("inf")), torch.zeros(len(s), dtype=bool)))
+    assert auroc(ins([0.1, 0.2, 0.3, 0.4]).margins, ins([0.9, 1.0, 1.1, 1.2]).margins) == 1.0

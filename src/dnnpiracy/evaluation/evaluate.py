@@ -22,8 +22,11 @@ class Inspected:
 
     @property
     def margins(self) -> torch.Tensor:
-        """score - threshold: > 0 means flagged; comparable across classes for ROC analysis."""
-        return self.inspection.scores - self.inspection.thresholds
+        """score - threshold (> 0 means flagged), comparable across classes for ROC analysis.  Where a threshold is
+        infinite (a calibrated rule asked for a quantile the surrogate set cannot give, or a class with no surrogate
+        input) the raw score stands in, so the ranking is not lost in ties."""
+        thr = self.inspection.thresholds
+        return torch.where(torch.isfinite(thr), self.inspection.scores - thr, self.inspection.scores)
 
 
 def inspect(detector: Detector, x: torch.Tensor, y: torch.Tensor, probe=None) -> Inspected:
