@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from dnnpiracy.attack import SCORERS, make_cam
-from dnnpiracy.attack.scorers import ClassNormalizedScorer, EnsembleScorer, Evidence
+from dnnpiracy.attack.scorers import Evidence
 from dnnpiracy.attack.thresholds import conformal_threshold
 from dnnpiracy.config import DetectorConfig, TriggerConfig
 from dnnpiracy.data import load_dataset, make_splits
@@ -47,10 +47,7 @@ def measure(names: list[str], draws: int, target_fpr: float) -> dict:
             for name in names:
                 sc = SCORERS[name](DetectorConfig())
                 oof = sc.oof_scores(EA.take(s), ds.test_y[s], pa[s], folds=20)
-                if isinstance(sc, (EnsembleScorer, ClassNormalizedScorer)):
-                    sc.fit(EA.take(s), ds.test_y[s], pa[s])
-                else:
-                    sc.fit(EA.take(s), ds.test_y[s])
+                sc.fit(EA.take(s), ds.test_y[s], pa[s])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
                 thr = conformal_threshold(oof, target_fpr)
                 raw.setdefault(dsname, {}).setdefault(name, []).append(

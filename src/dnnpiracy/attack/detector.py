@@ -162,7 +162,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
     y_pred = probe.predictions
     scorer = SCORERS[spec.scorer](cfg)
     if spec.rule == "paper":
-        _fit(scorer, ev, surrogate_y, y_pred)
+        scorer.fit(ev, surrogate_y, y_pred)
         in_sample = scorer.score(ev, surrogate_y)          # D_y on T_y, as the paper defines alpha_y
         thresholds = paper_thresholds(in_sample, surrogate_y, tau, num_classes)
         info_extra = {"rule": "paper", "tau": tau, "alpha": (thresholds - tau).tolist()}
@@ -170,7 +170,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
     elif spec.rule == "calibrated":
         folds = min(cfg.calibration_folds, 5) if isinstance(scorer, DCGANScorer) else cfg.calibration_folds
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
-        _fit(scorer, ev, surrogate_y, y_pred)
+        scorer.fit(ev, surrogate_y, y_pred)
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
         info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof)),
                       "calibration_folds": folds}
@@ -180,13 +180,6 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
     info_extra["fit_seconds"] = time.perf_counter() - t0
     return Detector(name, spec, cam, scorer, thresholds, num_classes, info.penultimate, info_extra, calib,
                     surrogate_y.clone())
-
-
-def _fit(scorer: Scorer, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor) -> None:
-    if isinstance(scorer, (EnsembleScorer, ClassNormalizedScorer)):
-        scorer.fit(ev, y_true, y_pred)
-    else:
-        scorer.fit(ev, y_true)
 
 
 __all__ = ["DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR", "resolve_spec",

@@ -56,7 +56,9 @@ class Scorer:
     name = "base"
     evidence = "heatmap"
 
-    def fit(self, ev: Evidence, y: torch.Tensor) -> "Scorer":
+    def fit(self, ev: Evidence, y: torch.Tensor, y_pred: torch.Tensor | None = None) -> "Scorer":
+        """Fit on the surrogate set grouped by true label ``y``; ``y_pred`` (the target's predictions) is used only
+        by scorers that calibrate on out-of-fold scores (ensembles, class normalisation)."""
         raise NotImplementedError
 
     def score(self, ev: Evidence, y: torch.Tensor) -> torch.Tensor:
@@ -91,7 +93,7 @@ class KNNScorer(Scorer):
         X = X.flatten(1).float()
         return torch.nn.functional.normalize(X, dim=1) if self.normalize else X
 
-    def fit(self, ev, y):
+    def fit(self, ev, y, y_pred=None):
         X = self._prep(ev.need(self.evidence))
         self.refs = {c: X[idx] for c, idx in _groups(y)}
         return self
@@ -119,7 +121,7 @@ class MahalanobisScorer(Scorer):
         self.means: dict[int, torch.Tensor] = {}
         self.precision = torch.empty(0)
 
-    def fit(self, ev, y):
+    def fit(self, ev, y, y_pred=None):
         X = ev.need(self.evidence).flatten(1).double()
         self.means = {c: X[idx].mean(0) for c, idx in _groups(y)}
         centred = torch.cat([X[idx] - self.means[c] for c, idx in _groups(y)])
@@ -162,7 +164,7 @@ class DCGANScorer(Scorer):
         self.cfg, self.seed = cfg or GanConfig(), seed
         self.discriminators: dict[int, Discriminator] = {}
 
-    def fit(self, ev, y):
+    def fit(self, ev, y, y_pred=None):
         X = ev.need("heatmap")
         self.discriminators = {c: train_dcgan(X[idx], self.cfg, seed=self.seed + c) for c, idx in _groups(y)}
         return self
@@ -185,7 +187,7 @@ class HeatmapMassScorer(Scorer):
     def __init__(self):
         self.stats: dict[int, tuple[float, float]] = {}
 
-    def fit(self, ev, y):
+    def fit(self, ev, y, y_pred=None):
         m = ev.need("heatmap").flatten(1).mean(1)
         for c, idx in _groups(y):
             med = m[idx].median()
@@ -209,7 +211,7 @@ class EnergyScorer(Scorer):
     name = "energy"
     evidence = "logits"
 
-    def fit(self, ev, y):
+    def fit(self, ev, y, y_pred=None):
         return self
 
     def score(self, ev, y):
@@ -303,10 +305,7 @@ class ClassNormalizedScorer(Scorer):
         y_pred = y if y_pred is None else y_pred
         if not getattr(self, "_calibrated", False):
             self.oof_scores(ev, y, y_pred)
-        if isinstance(self.base, EnsembleScorer):
-            self.base.fit(ev, y, y_pred)
-        else:
-            self.base.fit(ev, y)
+        self.base.fit(ev, y, y_pred)
         return self
 
     def score(self, ev, y):
