@@ -203,18 +203,19 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
              f"Profile `{profile.name}`: {profile.note}.", "",
              f"Dataset: {meta['dataset_note']}", "",
              "Rates are fractions (not percent). FPR over the clean evaluation split (test minus surrogate); FNR over "
-             "the 15 embedded trigger inputs. Our columns: mean +- std over seeds "
-             f"{rows[0]['seeds'] if rows else []}, [Wilson 95 % interval pooled over seeds].", "",
-             "| label | arch | blocks | threshold | paper FPR | paper FNR | detector | target acc | trigger acc | "
-             "FPR | FNR | AUROC | acc. loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "the 15 embedded trigger inputs. Our columns: mean +- std over the seeds listed in each row, "
+             "[Wilson 95 % interval pooled over those seeds].", "",
+             "| label | arch | blocks | threshold | paper FPR | paper FNR | detector | seeds | target acc | "
+             "trigger acc | FPR | FNR | AUROC | acc. loss |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     key = lambda r: (r["trigger_label"], r["arch"], r["blocks"], r["detector"] != "paper",  # noqa: E731
                      r["tau"] if r["tau"] is not None else -1, r["target_fpr"] or 0)
     for r in sorted(rows, key=key):
         thr = f"tau {r['tau']}" if r["tau"] is not None else f"target FPR {r['target_fpr']}"
         lines.append(
             f"| {r['trigger_label']} | {r['arch']} | {r['blocks']} | {thr} | {_f(r['paper_fpr'], 4)} | "
-            f"{_f(r['paper_fnr'], 2)} | {r['detector']} | {_f(r['target_test_accuracy'])} | "
+            f"{_f(r['paper_fnr'], 2)} | {r['detector']} | {','.join(map(str, r['seeds']))} | "
+            f"{_f(r['target_test_accuracy'])} | "
             f"{_f(r['target_trigger_accuracy'], 2)} | {_f(r['fpr_mean'], 4)} +- {_f(r['fpr_std'], 4)} "
             f"[{_f(r['fpr_ci95'][0], 4)}, {_f(r['fpr_ci95'][1], 4)}] | {_f(r['fnr_mean'])} +- {_f(r['fnr_std'])} "
             f"[{_f(r['fnr_ci95'][0])}, {_f(r['fnr_ci95'][1])}] | {_f(r['auroc_mean'])} | "
