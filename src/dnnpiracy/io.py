@@ -81,15 +81,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def git_commit() -> str:
-    """The commit of the working tree this code runs from ("unknown" outside git; "+dirty" if modified)."""
+    """The commit of the working tree this code runs from ("unknown" outside git; "+dirty" if the code -- src/,
+    scripts/, pyproject.toml -- differs from it; results written by the run itself do not count)."""
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10)
         if rev.returncode != 0:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10)
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "scripts",
+                                "pyproject.toml"], cwd=top or here, capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
