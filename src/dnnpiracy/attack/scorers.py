@@ -16,8 +16,6 @@ from dnnpiracy.attack.dcgan import Discriminator, discriminator_score, train_dcg
 from dnnpiracy.attack.heatmaps import Probe
 from dnnpiracy.config import GanConfig
 
-EVIDENCE = ("heatmap", "cam", "features", "stages", "input", "logits")
-
 
 class Evidence(dict):
     """What a scorer may read about a batch: kind -> tensor with the batch on dim 0."""

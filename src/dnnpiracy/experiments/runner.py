@@ -10,12 +10,12 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from dnnpiracy.attack import fit_detector, make_cam
+from dnnpiracy.attack import fit_detector
 from dnnpiracy.config import DetectorConfig, TrainConfig, TriggerConfig, paper_tau
 from dnnpiracy.data import Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -120,9 +120,5 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     return RunResult(report, out_dir, {"detector": det, "target": target, "dataset": ds, "splits": splits})
 
 
-def quick_config(cfg: RunConfig) -> RunConfig:
-    return replace(cfg, train=replace(QUICK_TRAIN, seed=cfg.train.seed))
-
-
 __all__ = ["RunConfig", "RunResult", "run", "get_target", "target_key", "default_cache_dir", "CPU_TRAIN",
-           "QUICK_TRAIN", "PAPER_TRAIN", "quick_config", "make_cam"]
+           "QUICK_TRAIN", "PAPER_TRAIN"]

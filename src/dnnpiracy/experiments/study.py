@@ -73,10 +73,6 @@ def rows_to_markdown(rows: list[dict]) -> str:
     return head + body
 
 
-def default_study_path() -> Path:
-    return Path("results") / "detectors"
-
-
 def merge_rows(path: Path, new_rows: list[dict]) -> list[dict]:
     """Merge ``new_rows`` into the JSON at ``path`` (same dataset/label/seed/layer/detector/rule/tau replaces)."""
     from dnnpiracy.io import read_json
