@@ -12,7 +12,7 @@ def test_tables_declare_the_paper_grid():
     assert 0.1 in t5["taus"] and 20.0 in t5["taus"]
     assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
     cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
-    assert len(cells) == 10 * 3 * 2 and {c.arch for c in cells} == {"resnet18"}
+    assert len(cells) == 10 * 3 * len(t1["detectors"]) and {c.arch for c in cells} == {"resnet18"}
     assert {c.arch for c in table_cells(t3, PROFILES["cpu"], "mnist-10k")} == {"resnet34", "resnet101", "resnet152"}
     assert len({c.key() for c in cells}) == len(cells)
 
@@ -36,6 +36,14 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     assert len(saved["rows"]) == 4 and "Table 1" in (tmp_path / "results" / "table1.md").read_text()
     cells = list((tmp_path / "cache" / "cells").glob("*.json"))
     assert len(cells) == 2
+    # every cell keeps its clean/trigger scores, and the figures are drawn from them
+    for c in cells:
+        out = json.loads(c.read_text())
+        sc, n_clean = out["scores"], out["results"][0]["n_clean"]
+        assert len(sc["triggers"]) == out["results"][0]["n_triggers"] == 15 and len(sc["clean"]) == n_clean > 0
+    figs = tmp_path / "results" / "figures"
+    assert (figs / "table1_roc.png").read_bytes().startswith(b"\x89PNG")
+    assert (figs / "table1_gallery.png").read_bytes().startswith(b"\x89PNG")
     # resume: every cell is cached, so nothing is recomputed (fitting would be needed otherwise)
     import dnnpiracy.experiments.reproduce as rep
     monkeypatch.setattr(rep, "fit_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))

@@ -2,9 +2,11 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found on development targets (results/detector_selection.md): Mahalanobis distance of
-all pooled stage activations plus nearest-neighbour distance of the raw input, each standardised by its out-of-fold
-surrogate scores, summed, and thresholded by cross-fitted split conformal calibration at a 1 % target FPR.
+``default`` is the best design found on development targets (results/detector_selection.md, then
+results/detector_selection_round2.md): the Mahalanobis distance of all pooled stage activations, the Mahalanobis
+distance of the raw input and its nearest-neighbour distance, each standardised by its out-of-fold surrogate scores,
+summed, and thresholded by cross-fitted split conformal calibration at a 1 % target FPR.  The first round's choice,
+``ensemble-stages-input`` (without the input's Mahalanobis term), stays selectable.
 """
 
 from __future__ import annotations
@@ -50,12 +52,18 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "knn-features": lambda cfg: KNNScorer("features", k=1, normalize=True),
     "mahalanobis-features": lambda cfg: MahalanobisScorer("features"),
     "mahalanobis-stages": lambda cfg: MahalanobisScorer("stages"),
+    "mahalanobis-input": lambda cfg: MahalanobisScorer("input"),
     "mass": lambda cfg: HeatmapMassScorer(),
     "ensemble-heatmap-features-input": lambda cfg: EnsembleScorer(
         [KNNScorer("heatmap", k=1), MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum",
         cfg.calibration_folds, cfg.seed),
     "ensemble-stages-input": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-mahalanobis-stages-input": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-mahalanobis-stages-input-knn": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1)], "sum",
+        cfg.calibration_folds, cfg.seed),
     "ensemble-features-input": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-features-energy": lambda cfg: EnsembleScorer(
@@ -73,7 +81,7 @@ DETECTORS: dict[str, DetectorSpec] = {
     "paper-calibrated": DetectorSpec("dcgan", "calibrated", description="paper's scorer, calibrated threshold"),
     **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
 }
-DEFAULT_DETECTOR = "ensemble-stages-input"
+DEFAULT_DETECTOR = "ensemble-mahalanobis-stages-input-knn"
 
 
 def resolve_spec(name: str) -> DetectorSpec:

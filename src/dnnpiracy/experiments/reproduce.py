@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import torch
 from tqdm.auto import tqdm
 
 from dnnpiracy.attack import DEFAULT_DETECTOR, fit_detector, make_cam
@@ -27,7 +28,7 @@ from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.evaluation.metrics import wilson_interval
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
-from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
 
 TABLES = ("1", "2", "3", "4", "5")
@@ -134,9 +135,12 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     else:
         fprs = list(cell.target_fprs)
         variants = [("target_fpr", a, det.with_target_fpr(a)) for a in fprs]
-    results = []
+    results, scores = [], None
     for kind, value, d in variants:
         c, t, f = inspect_sets(d, ds.test_x[ev], ds.test_y[ev], target.triggers, target.fresh_triggers, probes)
+        if scores is None:   # the scores do not depend on the threshold: kept once, for the ROC figures
+            scores = {name: [float(f"{v:.6g}") for v in s.inspection.scores.tolist()]
+                      for name, s in (("clean", c), ("triggers", t), ("fresh", f))}
         m = evaluate(d, c, t, f, cell.trigger_label, "uniform", cell.seed)
         results.append({kind: value, **{k: m[k] for k in (
             "fpr", "fnr", "fnr_fresh", "auroc", "tpr_at_1pct_fpr", "target_test_accuracy", "pirated_test_accuracy",
@@ -145,7 +149,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     out = {"cell": {**asdict(cell), "train": asdict(cell.train)}, "detector_name": det.name, "rule": det.spec.rule,
            "target_report": {k: target.report.get(k) for k in ("test_accuracy", "trigger_accuracy",
                                                               "fresh_trigger_accuracy", "train_seconds")},
-           "results": results, "fit_seconds": det.fit_info["fit_seconds"], "seconds": time.perf_counter() - t0,
+           "results": results, "scores": scores, "fit_seconds": det.fit_info["fit_seconds"], "seconds": time.perf_counter() - t0,
            "git_commit": git_commit(), "dataset_note": ds.note}
     write_json(path, out)
     return out
@@ -270,8 +274,53 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         outs.append(out)
         write_tables()
     rows, meta = write_tables()
+    write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir)
     return {"rows": rows, "meta": meta}
 
 
+def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], outs: list[dict], rows: list[dict],
+                  out_dir: Path, cache_dir: Path) -> list[Path]:
+    """figures/table<N>_roc.png (every finished cell that kept its scores), table5_sweep.png (FPR/FNR against the
+    threshold) and, for the per-label tables, a heatmap gallery of the label-0 seed-0 target."""
+    from dnnpiracy.evaluation.plots import heatmap_gallery, roc_figure, threshold_sweep_figure
+
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    table, written = spec["id"], []
+    curves: dict[str, list] = {}
+    for cell, out in zip(cells, outs):
+        if out.get("scores"):
+            tag = {"3": cell.arch, "4": f"{cell.blocks} blocks"}.get(table, f"label {cell.trigger_label}")
+            curves.setdefault(out["detector_name"], []).append(
+                (f"{tag}, seed {cell.seed}", out["scores"]["clean"], out["scores"]["triggers"]))
+    if curves:
+        path = fig_dir / f"table{table}_roc.png"
+        atomic_write_bytes(path, roc_figure(curves, f"Table {table} ({ds.name}, profile {profile.name}): ROC, "
+                                                    "clean evaluation inputs vs the 15 trigger inputs"))
+        written.append(path)
+    if table == "5" and rows:
+        path = fig_dir / "table5_sweep.png"
+        atomic_write_bytes(path, threshold_sweep_figure(rows, f"Table V ({ds.name}, profile {profile.name}): "
+                                                              "FPR and FNR against the threshold"))
+        written.append(path)
+    first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
+    if table in ("1", "2") and first is not None:
+        splits = make_splits(ds.test_y, 0.05, first.seed)
+        trigger = TriggerConfig(trigger_label=first.trigger_label, blocks=first.blocks, seed=first.seed)
+        target = get_target(ds, splits, first.train, trigger, cache_dir, False, lambda *a: None)
+        cam = make_cam(target.model, arch_info(first.arch, first.train.stem))
+        ev = splits.evaluation_idx
+        pick = torch.cat([ev[ds.test_y[ev] == c][:1] for c in range(ds.num_classes)])
+        pc, pt = cam(ds.test_x[pick]), cam(target.triggers.images)
+        path = fig_dir / f"table{table}_gallery.png"
+        atomic_write_bytes(path, heatmap_gallery(
+            ds.test_x[pick], ds.test_y[pick], pc.heatmaps, pc.predictions, target.triggers.images,
+            target.triggers.source_labels, pt.heatmaps, pt.predictions, list(ds.class_names),
+            f"{ds.name}, {first.arch}, trigger label 0, seed 0: Grad-CAM at {cam.layer} for the predicted label "
+            "(rows 1-2 clean, rows 3-4 trigger inputs by source class; a class with no trigger stays blank)"))
+        written.append(path)
+    return written
+
+
 __all__ = ["TABLES", "PROFILES", "Profile", "Cell", "load_table", "table_cells", "run_cell", "aggregate",
-           "reproduce", "reproduce_spec"]
+           "reproduce", "reproduce_spec", "write_figures"]
