@@ -149,7 +149,8 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     out = {"cell": {**asdict(cell), "train": asdict(cell.train)}, "detector_name": det.name, "rule": det.spec.rule,
            "target_report": {k: target.report.get(k) for k in ("test_accuracy", "trigger_accuracy",
                                                               "fresh_trigger_accuracy", "train_seconds")},
-           "results": results, "scores": scores, "fit_seconds": det.fit_info["fit_seconds"], "seconds": time.perf_counter() - t0,
+           "results": results, "scores": scores, "fit_seconds": det.fit_info["fit_seconds"],
+           "seconds": time.perf_counter() - t0,
            "git_commit": git_commit(), "dataset_note": ds.note}
     write_json(path, out)
     return out
