@@ -203,30 +203,94 @@ def _f(v, p=3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{p}f}"
 
 
+def _rate(r: dict, key: str, p: int) -> str:
+    lo, hi = r[f"{key}_ci95"]
+    return f"{_f(r[f'{key}_mean'], p)} +- {_f(r[f'{key}_std'], p)} [{_f(lo, p)}, {_f(hi, p)}]"
+
+
+def _threshold(r: dict) -> str:
+    return f"tau {r['tau']}" if r["tau"] is not None else f"target FPR {r['target_fpr']}"
+
+
+# the issue's bar for the default detector, per dataset: (max FPR, max FNR), each on the mean over seeds
+BARS = {"mnist": (0.01, 0.01), "mnist-10k": (0.01, 0.01), "fashion-mnist": (0.01, 0.2)}
+
+
+def bar_summary(rows: list[dict], detector: str, target_fpr: float = 0.01) -> dict | None:
+    """Does ``detector`` (at ``target_fpr``) meet the dataset's bar in every configuration of the table?"""
+    mine = [r for r in rows if r["detector"] == detector and r["target_fpr"] == target_fpr]
+    if not mine or mine[0]["dataset"] not in BARS:
+        return None
+    max_fpr, max_fnr = BARS[mine[0]["dataset"]]
+    worst_fpr = max(r["fpr_mean"] for r in mine)
+    worst_fnr = max(r["fnr_mean"] for r in mine)
+    failing = [r for r in mine if r["fpr_mean"] > max_fpr or r["fnr_mean"] > max_fnr]
+    return {"detector": detector, "target_fpr": target_fpr, "bar_fpr": max_fpr, "bar_fnr": max_fnr,
+            "configurations": len(mine), "worst_fpr_mean": worst_fpr, "worst_fnr_mean": worst_fnr,
+            "mean_fpr": statistics.fmean(r["fpr_mean"] for r in mine),
+            "mean_fnr": statistics.fmean(r["fnr_mean"] for r in mine),
+            "failing": [(r["trigger_label"], r["arch"], r["blocks"]) for r in failing], "met": not failing}
+
+
 def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -> str:
+    """One line per configuration with the paper's numbers and every detector side by side (Table V, whose
+    detectors sweep different thresholds, gets one line per detector and threshold instead)."""
     lines = [f"# Table {spec['id']}: {spec['title']}", "",
              f"Profile `{profile.name}`: {profile.note}.", "",
              f"Dataset: {meta['dataset_note']}", "",
              "Rates are fractions (not percent). FPR over the clean evaluation split (test minus surrogate); FNR over "
              "the 15 embedded trigger inputs. Our columns: mean +- std over the seeds listed in each row, "
-             "[Wilson 95 % interval pooled over those seeds].", "",
-             "| label | arch | blocks | threshold | paper FPR | paper FNR | detector | seeds | target acc | "
-             "trigger acc | FPR | FNR | AUROC | acc. loss |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    key = lambda r: (r["trigger_label"], r["arch"], r["blocks"], r["detector"] != "paper",  # noqa: E731
-                     r["tau"] if r["tau"] is not None else -1, r["target_fpr"] or 0)
-    for r in sorted(rows, key=key):
-        thr = f"tau {r['tau']}" if r["tau"] is not None else f"target FPR {r['target_fpr']}"
-        lines.append(
-            f"| {r['trigger_label']} | {r['arch']} | {r['blocks']} | {thr} | {_f(r['paper_fpr'], 4)} | "
-            f"{_f(r['paper_fnr'], 2)} | {r['detector']} | {','.join(map(str, r['seeds']))} | "
-            f"{_f(r['target_test_accuracy'])} | "
-            f"{_f(r['target_trigger_accuracy'], 2)} | {_f(r['fpr_mean'], 4)} +- {_f(r['fpr_std'], 4)} "
-            f"[{_f(r['fpr_ci95'][0], 4)}, {_f(r['fpr_ci95'][1], 4)}] | {_f(r['fnr_mean'])} +- {_f(r['fnr_std'])} "
-            f"[{_f(r['fnr_ci95'][0])}, {_f(r['fnr_ci95'][1])}] | {_f(r['auroc_mean'])} | "
-            f"{_f(r['accuracy_loss_mean'], 4)} |")
+             "[Wilson 95 % interval pooled over those seeds]. The paper's detector uses its rule (alpha_y + tau); "
+             f"the others a calibrated threshold. `default` is `{DEFAULT_DETECTOR}`.", ""]
+    dets = sorted({r["detector"] for r in rows}, key=lambda d: (d != "paper", d != DEFAULT_DETECTOR, d))
+    side_by_side = spec["id"] != "5"
+    if side_by_side:
+        configs: dict[tuple, dict[str, dict]] = {}
+        for r in rows:
+            configs.setdefault((r["trigger_label"], r["arch"], r["blocks"]), {})[r["detector"]] = r
+        head = "| label | arch | blocks | seeds | target acc | trigger acc | published: acc, FPR, FNR |"
+        sep = "|---|---|---|---|---|---|---|"
+        for d in dets:
+            name = {"paper": "paper detector", DEFAULT_DETECTOR: "default"}.get(d, d)
+            head += f" {name} FPR | {name} FNR | {name} AUROC |"
+            sep += "---|---|---|"
+        lines += [head, sep]
+        for (label, arch, blocks), per in sorted(configs.items()):
+            any_r = next(iter(per.values()))
+            seeds = sorted({s for r in per.values() for s in r["seeds"]})
+            line = (f"| {label} | {arch} | {blocks} | {','.join(map(str, seeds))} | "
+                    f"{_f(any_r['target_test_accuracy'])} | {_f(any_r['target_trigger_accuracy'], 2)} | "
+                    f"{_f(any_r['paper_test_accuracy'], 4)}, {_f(any_r['paper_fpr'], 2)}, "
+                    f"{_f(any_r['paper_fnr'], 2)} |")
+            for d in dets:
+                r = per.get(d)
+                line += (" n/a | n/a | n/a |" if r is None else
+                         f" {_rate(r, 'fpr', 4)} | {_rate(r, 'fnr', 3)} | {_f(r['auroc_mean'])} |")
+            lines.append(line)
+        thr = {d: _threshold(next(r for r in rows if r["detector"] == d)) for d in dets}
+        lines += ["", "Thresholds: " + "; ".join(f"{d}: {t}" for d, t in thr.items()) + "."]
+    else:
+        lines += ["| label | arch | blocks | threshold | paper FPR | paper FNR | detector | seeds | target acc | "
+                  "trigger acc | FPR | FNR | AUROC | acc. loss |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        key = lambda r: (r["trigger_label"], r["arch"], r["blocks"], dets.index(r["detector"]),  # noqa: E731
+                         r["tau"] if r["tau"] is not None else -1, r["target_fpr"] or 0)
+        for r in sorted(rows, key=key):
+            lines.append(
+                f"| {r['trigger_label']} | {r['arch']} | {r['blocks']} | {_threshold(r)} | {_f(r['paper_fpr'], 4)} | "
+                f"{_f(r['paper_fnr'], 2)} | {r['detector']} | {','.join(map(str, r['seeds']))} | "
+                f"{_f(r['target_test_accuracy'])} | {_f(r['target_trigger_accuracy'], 2)} | {_rate(r, 'fpr', 4)} | "
+                f"{_rate(r, 'fnr', 3)} | {_f(r['auroc_mean'])} | {_f(r['accuracy_loss_mean'], 4)} |")
+    bar = meta.get("bar")
+    if bar:
+        verdict = "met" if bar["met"] else f"NOT met in {len(bar['failing'])} of {bar['configurations']}"
+        lines += ["", f"Bar for the default detector on {rows[0]['dataset']} (mean over seeds, every configuration): "
+                  f"FPR <= {bar['bar_fpr']} and FNR <= {bar['bar_fnr']} -> {verdict}. Worst FPR "
+                  f"{bar['worst_fpr_mean']:.4f}, worst FNR {bar['worst_fnr_mean']:.3f}; averaged over the "
+                  f"{bar['configurations']} configurations FPR {bar['mean_fpr']:.4f}, FNR {bar['mean_fnr']:.3f}."]
     lines += ["", f"Cells: {meta['cells_done']}/{meta['cells_total']} finished. Wall time of this invocation "
-              f"{meta['wall_seconds']:.0f} s; summed compute of the finished cells {meta['cell_seconds']:.0f} s. "
+              f"{meta['wall_seconds']:.0f} s; summed compute of the finished cells {meta['cell_seconds']:.0f} s "
+              "(target training included the first time a target is built). "
               f"Command `{meta['command']}`, commit {meta['git_commit']}."]
     return "\n".join(lines) + "\n"
 
@@ -257,7 +321,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         rows = aggregate(spec, profile, done_cells, outs)
         meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
-                "command": command, "git_commit": git_commit()}
+                "command": command, "git_commit": git_commit(), "bar": bar_summary(rows, DEFAULT_DETECTOR)}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
         atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
