@@ -39,12 +39,14 @@ def roc_points(clean_scores, trigger_scores) -> tuple[list[float], list[float]]:
     return fpr, tpr
 
 
-def threshold_sweep_figure(rows: list[dict], title: str) -> bytes:
+def threshold_sweep_figure(rows: list[dict], title: str, default_detector: str | None = None) -> bytes:
     """Table V: FPR and FNR of the paper's detector against tau (with the paper's numbers), and of the calibrated
     detector against its target FPR.  Error bars are the Wilson 95 % intervals pooled over seeds."""
     plt = _plt()
     paper_rows = sorted([r for r in rows if r["tau"] is not None], key=lambda r: r["tau"])
     cal_rows = sorted([r for r in rows if r["target_fpr"] is not None], key=lambda r: r["target_fpr"])
+    if default_detector is not None:    # the default first, then the others by name
+        cal_rows.sort(key=lambda r: (r["detector"] != default_detector, r["detector"], r["target_fpr"]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
 
     def band(ax, xs, rs, key, colour, label):
@@ -73,13 +75,22 @@ def threshold_sweep_figure(rows: list[dict], title: str) -> bytes:
                  fontsize=9)
     ax.legend(fontsize=7)
     ax = axes[1]
+    cal_dets = list(dict.fromkeys(r["detector"] for r in cal_rows))     # first = the default (rows sorted so)
+    for i, det in enumerate(cal_dets):
+        rs = [r for r in cal_rows if r["detector"] == det]
+        xs = [r["target_fpr"] for r in rs]
+        style = "-" if i == 0 else "--"
+        for key, colour in (("fpr", "tab:blue"), ("fnr", "tab:red")):
+            mean = [r[f"{key}_mean"] for r in rs]
+            lo = [max(r[f"{key}_mean"] - r[f"{key}_ci95"][0], 0) for r in rs]
+            hi = [max(r[f"{key}_ci95"][1] - r[f"{key}_mean"], 0) for r in rs]
+            ax.errorbar(xs, mean, yerr=[lo, hi] if i == 0 else None, color=colour, ls=style, marker="o" if i == 0
+                        else "x", ms=4, capsize=3, alpha=1.0 if i == 0 else 0.6, label=f"{key.upper()} {det}")
     if cal_rows:
-        xs = [r["target_fpr"] for r in cal_rows]
-        band(ax, xs, cal_rows, "fpr", "tab:blue", "FPR")
-        band(ax, xs, cal_rows, "fnr", "tab:red", "FNR")
-        ax.plot(xs, xs, ":", color="gray", label="FPR = target")
+        grid = sorted({r["target_fpr"] for r in cal_rows})
+        ax.plot(grid, grid, ":", color="gray", label="FPR = target")
         ax.set_xscale("log")
-        ax.set_title(f"default detector ({cal_rows[0]['detector']}): calibrated threshold", fontsize=9)
+    ax.set_title("calibrated detectors (first = default): threshold at a target FPR", fontsize=9)
     ax.set_xlabel("target FPR")
     ax.set_ylim(-0.03, 1.03)
     ax.legend(fontsize=7)

@@ -366,7 +366,7 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
     if table == "5" and rows:
         path = fig_dir / "table5_sweep.png"
         atomic_write_bytes(path, threshold_sweep_figure(rows, f"Table V ({ds.name}, profile {profile.name}): "
-                                                              "FPR and FNR against the threshold"))
+                                                              "FPR and FNR against the threshold", DEFAULT_DETECTOR))
         written.append(path)
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:
