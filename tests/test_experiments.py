@@ -50,3 +50,18 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     again = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     assert again["rows"] == rows
     assert torch.get_num_threads() >= 1
+
+
+def test_bar_summary_applies_the_issue_bar_per_dataset():
+    from dnnpiracy.experiments.reproduce import bar_summary
+
+    def row(label, fpr, fnr, dataset="fashion-mnist", det="d"):
+        return {"detector": det, "target_fpr": 0.01, "dataset": dataset, "trigger_label": label,
+                "arch": "resnet18", "blocks": 4, "fpr_mean": fpr, "fnr_mean": fnr}
+
+    ok = bar_summary([row(0, 0.009, 0.2), row(1, 0.001, 0.0), row(2, 0.5, 1.0, det="other")], "d")
+    assert ok["met"] and ok["configurations"] == 2 and ok["worst_fnr_mean"] == 0.2
+    bad = bar_summary([row(0, 0.009, 0.2, "mnist-10k"), row(1, 0.011, 0.0, "mnist-10k")], "d")
+    assert not bad["met"] and bad["failing"] == [(0, "resnet18", 4), (1, "resnet18", 4)]
+    assert bar_summary([row(0, 0.0, 0.0, "digits-tiny")], "d") is None       # no bar for that dataset
+    assert bar_summary([row(0, 0.0, 0.0)], "missing") is None
