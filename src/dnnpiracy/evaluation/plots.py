@@ -49,12 +49,12 @@ def threshold_sweep_figure(rows: list[dict], title: str, default_detector: str |
         cal_rows.sort(key=lambda r: (r["detector"] != default_detector, r["detector"], r["target_fpr"]))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
 
-    def band(ax, xs, rs, key, colour, label):
+    def band(ax, xs, rs, key, colour, label, bars=True, **style):
         mean = [r[f"{key}_mean"] for r in rs]
-        lo = [r[f"{key}_mean"] - r[f"{key}_ci95"][0] for r in rs]
-        hi = [r[f"{key}_ci95"][1] - r[f"{key}_mean"] for r in rs]
-        ax.errorbar(xs, mean, yerr=[[max(v, 0) for v in lo], [max(v, 0) for v in hi]], color=colour, marker="o",
-                    ms=4, capsize=3, label=label)
+        lo = [max(r[f"{key}_mean"] - r[f"{key}_ci95"][0], 0) for r in rs]
+        hi = [max(r[f"{key}_ci95"][1] - r[f"{key}_mean"], 0) for r in rs]
+        ax.errorbar(xs, mean, yerr=[lo, hi] if bars else None, color=colour, ms=4, capsize=3, label=label,
+                    **{"marker": "o", **style})
 
     ax = axes[0]
     if paper_rows:
@@ -81,11 +81,8 @@ def threshold_sweep_figure(rows: list[dict], title: str, default_detector: str |
         xs = [r["target_fpr"] for r in rs]
         style = "-" if i == 0 else "--"
         for key, colour in (("fpr", "tab:blue"), ("fnr", "tab:red")):
-            mean = [r[f"{key}_mean"] for r in rs]
-            lo = [max(r[f"{key}_mean"] - r[f"{key}_ci95"][0], 0) for r in rs]
-            hi = [max(r[f"{key}_ci95"][1] - r[f"{key}_mean"], 0) for r in rs]
-            ax.errorbar(xs, mean, yerr=[lo, hi] if i == 0 else None, color=colour, ls=style, marker="o" if i == 0
-                        else "x", ms=4, capsize=3, alpha=1.0 if i == 0 else 0.6, label=f"{key.upper()} {det}")
+            band(ax, xs, rs, key, colour, f"{key.upper()} {det}", bars=i == 0, ls=style,
+                 marker="o" if i == 0 else "x", alpha=1.0 if i == 0 else 0.6)
     if cal_rows:
         grid = sorted({r["target_fpr"] for r in cal_rows})
         ax.plot(grid, grid, ":", color="gray", label="FPR = target")
