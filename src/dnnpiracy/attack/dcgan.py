@@ -60,25 +60,33 @@ def to_gan_input(heatmaps: torch.Tensor, img_size: int) -> torch.Tensor:
     return x * 2 - 1
 
 
-def train_dcgan(heatmaps: torch.Tensor, cfg: GanConfig, seed: int = 0) -> Discriminator:
-    """Train one DCGAN on ``heatmaps`` ([0,1], (N,1,H,W)); return its discriminator in eval mode."""
+def train_dcgan(heatmaps: torch.Tensor, cfg: GanConfig, seed: int = 0,
+                device: torch.device | str | None = None) -> Discriminator:
+    """Train one DCGAN on ``heatmaps`` ([0,1], (N,1,H,W)); return its discriminator on the CPU, in eval mode.
+
+    Trains on ``device`` (default: CUDA when available). Shuffles and latents are drawn on the CPU from one
+    seeded generator, so a CPU run is bit-for-bit what it was before devices were supported."""
+    device = torch.device(device) if device is not None else torch.device(
+        "cuda" if torch.cuda.is_available() else "cpu")
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     G, D = Generator(cfg), Discriminator(cfg)
     G.apply(_init_weights)
     D.apply(_init_weights)
+    G, D = G.to(device), D.to(device)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas)
-    real_all = to_gan_input(heatmaps, cfg.img_size)
+    real_all = to_gan_input(heatmaps.cpu(), cfg.img_size).to(device)
     n = len(real_all)
     for _epoch in range(cfg.epochs):
         order = torch.randperm(n, generator=gen)
         for start in range(0, n, cfg.batch_size):
-            real = real_all[order[start:start + cfg.batch_size]]
+            real = real_all[order[start:start + cfg.batch_size].to(device)]
             if len(real) < 2:   # BatchNorm needs >= 2 samples in training mode
                 continue
-            ones, zeros = torch.ones(len(real), 1), torch.zeros(len(real), 1)
-            z = torch.randn(len(real), cfg.latent_dim, generator=gen)
+            ones = torch.ones(len(real), 1, device=device)
+            zeros = torch.zeros(len(real), 1, device=device)
+            z = torch.randn(len(real), cfg.latent_dim, generator=gen).to(device)
             opt_g.zero_grad()
             fake = G(z)
             F.binary_cross_entropy(D(fake), ones).backward()
@@ -87,7 +95,7 @@ def train_dcgan(heatmaps: torch.Tensor, cfg: GanConfig, seed: int = 0) -> Discri
             d_loss = (F.binary_cross_entropy(D(real), ones) + F.binary_cross_entropy(D(fake.detach()), zeros)) / 2
             d_loss.backward()
             opt_d.step()
-    return D.eval()
+    return D.cpu().eval()
 
 
 @torch.inference_mode()
