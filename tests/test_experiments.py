@@ -50,6 +50,18 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     again = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     assert again["rows"] == rows
     assert torch.get_num_threads() >= 1
+    assert again["meta"]["devices"] == ["cpu (%d threads)" % torch.get_num_threads()]
+    # cached-only rendering (cells merged from another machine): the missing cell and target are not computed
+    import shutil
+    monkeypatch.setattr(rep, "get_target", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    paper_cell = next(c for c in cells if json.loads(c.read_text())["rule"] == "paper")
+    paper_cell.unlink()
+    shutil.rmtree(tmp_path / "cache" / "targets")
+    only = reproduce_spec(spec, prof, tmp_path / "partial", tmp_path / "cache", progress=False, log=lambda m: None,
+                          cached_only=True)
+    assert {r["detector"] for r in only["rows"]} == {"knn-input"} and only["meta"]["cells_done"] == 1
+    assert only["meta"]["cells_total"] == 2 and "1/2 finished" in (tmp_path / "partial" / "table1.md").read_text()
+    assert not (tmp_path / "partial" / "figures" / "table1_gallery.png").exists()
 
 
 def test_bar_summary_applies_the_issue_bar_per_dataset():

@@ -82,20 +82,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def git_commit() -> str:
     """The commit of the working tree this code runs from ("unknown" outside git; "+dirty" if the code -- src/,
-    scripts/, pyproject.toml -- differs from it; results written by the run itself do not count)."""
+    scripts/, pyproject.toml -- differs from it; results written by the run itself do not count). A copy without
+    .git (e.g. on a lent GPU machine) reports ``$DNNPIRACY_GIT_COMMIT`` instead, when set."""
+    fallback = os.environ.get("DNNPIRACY_GIT_COMMIT", "unknown")
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
                              text=True, timeout=10)
         if rev.returncode != 0:
-            return "unknown"
+            return fallback
         top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, capture_output=True, text=True,
                              timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "scripts",
                                 "pyproject.toml"], cwd=top or here, capture_output=True, text=True, timeout=10)
         return rev.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return fallback
 
 
 # --------------------------------------------------------------------------------------------- tensors + metadata

@@ -27,7 +27,7 @@ from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConf
 from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.evaluation.metrics import wilson_interval
-from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
+from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target, target_key
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
 
@@ -150,10 +150,18 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
            "target_report": {k: target.report.get(k) for k in ("test_accuracy", "trigger_accuracy",
                                                               "fresh_trigger_accuracy", "train_seconds")},
            "results": results, "scores": scores, "fit_seconds": det.fit_info["fit_seconds"],
-           "seconds": time.perf_counter() - t0,
+           "seconds": time.perf_counter() - t0, "device": compute_device(target.model),
            "git_commit": git_commit(), "dataset_note": ds.note}
     write_json(path, out)
     return out
+
+
+def compute_device(model: torch.nn.Module) -> str:
+    """Where a cell ran, for its wall time: the GPU's name, or the CPU with its thread count."""
+    dev = next(model.parameters()).device
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    return f"cpu ({torch.get_num_threads()} threads)"
 
 
 def _mean_std(xs: list[float]) -> tuple[float, float]:
@@ -290,24 +298,27 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
                   f"{bar['configurations']} configurations FPR {bar['mean_fpr']:.4f}, FNR {bar['mean_fnr']:.3f}."]
     lines += ["", f"Cells: {meta['cells_done']}/{meta['cells_total']} finished. Wall time of this invocation "
               f"{meta['wall_seconds']:.0f} s; summed compute of the finished cells {meta['cell_seconds']:.0f} s "
-              "(target training included the first time a target is built). "
+              "(target training included the first time a target is built), computed on "
+              f"{', '.join(meta.get('devices') or ['cpu'])}. "
               f"Command `{meta['command']}`, commit {meta['git_commit']}."]
     return "\n".join(lines) + "\n"
 
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
-              command: str = "") -> dict:
+              command: str = "", cached_only: bool = False) -> dict:
     """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
     return reproduce_spec(load_table(table), PROFILES[profile_name], out_dir, cache_dir, data_dir, max_cells,
-                          progress, log, command)
+                          progress, log, command, cached_only)
 
 
 def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results"), cache_dir: Path | None = None,
                    data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
-                   command: str = "") -> dict:
+                   command: str = "", cached_only: bool = False) -> dict:
+    """Run (or resume) the table's cells in order and render it; ``cached_only`` renders the finished cells alone
+    (e.g. cells computed on another machine and merged into the cache) and computes nothing."""
     table = spec["id"]
     t0 = time.perf_counter()
     ds = resolve_dataset(spec["dataset"], data_dir)
@@ -315,12 +326,15 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     cells = table_cells(spec, profile, ds.name)
     done_cells, outs = [], []
     todo = cells if max_cells is None else cells[:max_cells]
+    if cached_only:
+        todo = [c for c in todo if (cache_dir / "cells" / f"{c.key()}.json").exists()]
 
     def write_tables() -> tuple[list[dict], dict]:
         """Aggregate every finished cell so far (called after each cell: a killed run leaves a valid table)."""
         rows = aggregate(spec, profile, done_cells, outs)
         meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
+                "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
                 "command": command, "git_commit": git_commit(), "bar": bar_summary(rows, DEFAULT_DETECTOR)}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
@@ -339,14 +353,15 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         outs.append(out)
         write_tables()
     rows, meta = write_tables()
-    write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir)
+    write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir, train_missing=not cached_only)
     return {"rows": rows, "meta": meta}
 
 
 def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], outs: list[dict], rows: list[dict],
-                  out_dir: Path, cache_dir: Path) -> list[Path]:
+                  out_dir: Path, cache_dir: Path, train_missing: bool = True) -> list[Path]:
     """figures/table<N>_roc.png (every finished cell that kept its scores), table5_sweep.png (FPR/FNR against the
-    threshold) and, for the per-label tables, a heatmap gallery of the label-0 seed-0 target."""
+    threshold) and, for the per-label tables, a heatmap gallery of the label-0 seed-0 target (skipped when that
+    target is not cached and ``train_missing`` is False)."""
     from dnnpiracy.evaluation.plots import heatmap_gallery, roc_figure, threshold_sweep_figure
 
     fig_dir = out_dir / "figures"
@@ -372,6 +387,9 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
     if table in ("1", "2") and first is not None:
         splits = make_splits(ds.test_y, 0.05, first.seed)
         trigger = TriggerConfig(trigger_label=first.trigger_label, blocks=first.blocks, seed=first.seed)
+        cached = (cache_dir / "targets" / target_key(ds.name, first.train, trigger, splits)).exists()
+        if not (cached or train_missing):
+            return written
         target = get_target(ds, splits, first.train, trigger, cache_dir, False, lambda *a: None)
         cam = make_cam(target.model, arch_info(first.arch, first.train.stem))
         ev = splits.evaluation_idx
