@@ -169,3 +169,38 @@ def test_margins_keep_the_ranking_when_the_threshold_is_infinite():
         return Inspected(torch.zeros(len(s), 1, 28, 28), torch.zeros(len(s)),
                          Inspection(probe, s, torch.full((len(s),), float("inf")), torch.zeros(len(s), dtype=bool)))
     assert auroc(ins([0.1, 0.2, 0.3, 0.4]).margins, ins([0.9, 1.0, 1.1, 1.2]).margins) == 1.0
+
+
+def test_calibrate_on_traffic_sets_one_quantile_threshold(tiny_target):
+    ds, splits, target = tiny_target
+    sur, ev = splits.surrogate_idx, splits.evaluation_idx
+    det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
+                       DetectorConfig(detector="knn-input"), tau=2.0)
+    traffic = ds.test_x[ev[:60]]
+    cal = det.calibrate_on_traffic(traffic, target_fpr=0.1)
+    scores = det.inspect(traffic).scores
+    # the ceil(61 * 0.9) = 55th smallest of the 60 traffic scores, for every class
+    assert torch.allclose(cal.thresholds, torch.full((10,), float(torch.sort(scores).values[54])))
+    assert cal.fit_info["threshold_source"] == "traffic" and cal.fit_info["n_traffic"] == 60
+    assert cal.inspect(traffic).flags.sum() == 5 and torch.equal(det.thresholds, det.thresholds)  # det unchanged
+    with pytest.raises(ValueError, match="cannot pin"):
+        det.calibrate_on_traffic(traffic[:5], target_fpr=0.01)
+    with pytest.raises(ValueError, match="target_fpr"):
+        det.calibrate_on_traffic(traffic, target_fpr=1.5)
+
+
+def test_traffic_calibration_measures_heldout_rates():
+    from dnnpiracy.evaluation.traffic import traffic_calibration
+    gen = torch.Generator().manual_seed(0)
+    clean = torch.rand(5000, generator=gen)                 # clean scores in [0, 1)
+    trig = 1.0 + torch.rand(15, generator=gen)              # separable triggers
+    r = traffic_calibration(clean, trig, target_fpr=0.01, n_traffic=1000, repeats=20)
+    assert r["fnr_mean"] == 0.0 and 0.004 <= r["fpr_mean"] <= 0.016 and r["n_heldout"] == 4000
+    # a trigger score inside the clean range is missed at a 1 % threshold
+    mixed = torch.cat([trig[:14], torch.tensor([0.5])])
+    assert traffic_calibration(clean, mixed, n_traffic=1000, repeats=5)["fnr_mean"] == pytest.approx(1 / 15)
+    # contaminated traffic: 15 triggers among 115 queries push the 99 % quantile onto trigger scores
+    bad = traffic_calibration(clean, trig, target_fpr=0.01, n_traffic=100, repeats=5, contaminated=True)
+    assert bad["fnr_mean"] >= 0.5 and bad["fpr_mean"] == 0.0
+    with pytest.raises(ValueError, match="n_traffic"):
+        traffic_calibration(clean[:10], trig, n_traffic=10)

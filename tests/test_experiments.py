@@ -62,6 +62,17 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     assert {r["detector"] for r in only["rows"]} == {"knn-input"} and only["meta"]["cells_done"] == 1
     assert only["meta"]["cells_total"] == 2 and "1/2 finished" in (tmp_path / "partial" / "table1.md").read_text()
     assert not (tmp_path / "partial" / "figures" / "table1_gallery.png").exists()
+    # the traffic-calibrated threshold is computed from the cached scores of the calibrated cell alone
+    from dnnpiracy.experiments.traffic import bar_check, spec_traffic_rows, traffic_markdown
+    rows = spec_traffic_rows(spec, prof, "digits-tiny", tmp_path / "cache", target_fpr=0.05, n_traffic=40, repeats=5)
+    assert len(rows) == 1 and rows[0]["detector"] == "knn-input" and rows[0]["seeds"] == [0]
+    knn = next(r for r in only["rows"] if r["target_fpr"] == 0.05)
+    assert rows[0]["surrogate_fpr_mean"] == knn["fpr_mean"] and rows[0]["surrogate_fnr_mean"] == knn["fnr_mean"]
+    assert 0 <= rows[0]["traffic_fpr_mean"] <= 1 and 0 <= rows[0]["contaminated_fnr_mean"] <= 1
+    assert bar_check(rows, "knn-input", "traffic") == {}          # digits-tiny has no bar
+    md = traffic_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 40, "repeats": 5,
+                                 "wall_seconds": 0.0, "command": "x", "git_commit": "y"})
+    assert "| 1 | 0 | small-cnn | 4 | knn-input | 0 |" in md
 
 
 def test_bar_summary_applies_the_issue_bar_per_dataset():

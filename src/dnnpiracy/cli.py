@@ -272,6 +272,35 @@ def reproduce(table, profile, out, max_cells, cached_only, cache_dir, data_dir):
                    f"{Path(out) / f'table{t}.md'}")
 
 
+@main.command("traffic-calibration")
+@click.option("--tables", default="1,2,3,4", show_default=True, help="comma-separated tables among 1-4")
+@click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True)
+@click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
+              help="unlabelled clean queries the threshold is calibrated on")
+@click.option("--repeats", type=click.IntRange(1, None), default=50, show_default=True, help="random draws per cell")
+@click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_calibration", show_default=True,
+              help="writes OUT.md and OUT.json")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_data_dir_option
+def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, cache_dir, data_dir):
+    """Re-threshold the calibrated detectors of finished `reproduce` cells on unlabelled traffic (from cached
+    scores: trains nothing) and compare with the surrogate-calibrated threshold."""
+    from dnnpiracy.experiments.traffic import write_traffic_study
+    chosen = [t.strip() for t in tables.split(",") if t.strip()]
+    bad = [t for t in chosen if t not in ("1", "2", "3", "4")]
+    if bad or not chosen:
+        raise click.BadParameter(f"tables must be among 1,2,3,4; got {tables!r}", param_hint="--tables")
+    out = Path(out)
+    try:
+        res = write_traffic_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir, target_fpr,
+                                  n_traffic, repeats, command=" ".join(["dnnpiracy", *sys.argv[1:]]))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(res['rows'])} rows -> {out.with_suffix('.md')}")
+
+
 @main.command()
 def detectors():
     """List the available detectors."""

@@ -82,9 +82,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def git_commit() -> str:
     """The commit of the working tree this code runs from ("unknown" outside git; "+dirty" if the code -- src/,
-    scripts/, pyproject.toml -- differs from it; results written by the run itself do not count). A copy without
-    .git (e.g. on a lent GPU machine) reports ``$DNNPIRACY_GIT_COMMIT`` instead, when set."""
+    scripts/, pyproject.toml -- differs from it; results written by the run itself do not count).
+    ``$DNNPIRACY_GIT_COMMIT``, when set, is reported instead: a copy of the tree sent to another machine (a lent GPU)
+    may carry a stale .git, so the sender names the commit it sent."""
     fallback = os.environ.get("DNNPIRACY_GIT_COMMIT", "unknown")
+    if "DNNPIRACY_GIT_COMMIT" in os.environ:
+        return fallback
     here = Path(__file__).resolve().parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,

@@ -11,6 +11,7 @@ summed, and thresholded by cross-fitted split conformal calibration at a 1 % tar
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
@@ -143,6 +144,21 @@ class Detector:
             raise ValueError(f"detector {self.name!r} uses the {self.spec.rule} rule, not the calibrated one")
         thr = calibrated_thresholds(self.calibration_scores, target_fpr, self.num_classes)
         return replace(self, thresholds=thr, fit_info={**self.fit_info, "target_fpr": target_fpr})
+
+    def calibrate_on_traffic(self, x: torch.Tensor, target_fpr: float = 0.01, probe: Probe | None = None) -> "Detector":
+        """The same fitted scorer, with one threshold for all classes set to the split-conformal (1 - target_fpr)
+        quantile of the scores of ``x``: unlabelled queries the pirate trusts to be clean (e.g. its first traffic,
+        before anyone verifies).  Labels are never read; a few hundred queries pin a 1 % quantile that ~100
+        surrogate inputs cannot (evaluation/traffic.py measures the effect)."""
+        if not 0 < target_fpr < 1:
+            raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
+        scores = self.inspect(x, probe).scores
+        thr = calibrated_thresholds(scores, target_fpr, self.num_classes)
+        if not torch.isfinite(thr).all():
+            raise ValueError(f"{len(x)} traffic queries cannot pin a {target_fpr:g} quantile: need at least "
+                             f"{math.ceil(1 / target_fpr)}")
+        return replace(self, thresholds=thr, fit_info={**self.fit_info, "target_fpr": target_fpr,
+                                                        "threshold_source": "traffic", "n_traffic": len(x)})
 
     def describe(self) -> dict:
         return {"name": self.name, **asdict(self.spec), "heatmap_layer": self.cam.layer,

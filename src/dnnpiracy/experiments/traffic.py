@@ -1,0 +1,128 @@
+"""Tables I-IV again, with the calibrated detectors' threshold set on unlabelled traffic (evaluation/traffic.py).
+
+Reads the finished cells of ``reproduce`` from the cache (their stored clean and trigger scores): nothing is trained
+or fitted, so it runs in seconds and changes no cell.  One row per (table, configuration, detector), mean over seeds,
+beside the same cells' surrogate-calibrated rates and the issue's bar for the dataset.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from dnnpiracy.attack import resolve_spec
+from dnnpiracy.evaluation.traffic import traffic_calibration
+from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
+from dnnpiracy.experiments.runner import default_cache_dir
+from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
+
+
+def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Path, target_fpr: float = 0.01,
+                      n_traffic: int = 500, repeats: int = 50) -> list[dict]:
+    """One table: every finished calibrated cell that kept its scores, grouped by configuration and detector."""
+    groups: dict[tuple, list[dict]] = {}
+    for cell in table_cells(spec, profile, ds_name):
+        path = cache_dir / "cells" / f"{cell.key()}.json"
+        if resolve_spec(cell.detector).rule != "calibrated" or not path.exists():
+            continue
+        out = read_json(path)
+        base = next((r for r in out["results"] if r.get("target_fpr") == target_fpr), None)
+        if not out.get("scores") or base is None:
+            continue
+        clean, trig = torch.tensor(out["scores"]["clean"]), torch.tensor(out["scores"]["triggers"])
+        t = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed)
+        c = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed, contaminated=True)
+        groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, cell.detector), []).append(
+            {"seed": cell.seed, "surrogate_fpr": base["fpr"], "surrogate_fnr": base["fnr"],
+             "traffic_fpr": t["fpr_mean"], "traffic_fnr": t["fnr_mean"],
+             "contaminated_fpr": c["fpr_mean"], "contaminated_fnr": c["fnr_mean"], "n_clean": len(clean)})
+    rows = []
+    for (label, arch, blocks, det), per in sorted(groups.items()):
+        mean = {k: statistics.fmean(p[k] for p in per) for k in per[0] if k not in ("seed", "n_clean")}
+        rows.append({"table": spec["id"], "dataset": ds_name, "profile": profile.name, "trigger_label": label,
+                     "arch": arch, "blocks": blocks, "detector": det, "seeds": [p["seed"] for p in per],
+                     "n_clean": per[0]["n_clean"], **{f"{k}_mean": v for k, v in mean.items()}})
+    return rows
+
+
+def traffic_rows(tables: list[str], profile_name: str, cache_dir: Path | None = None, data_dir: str | None = None,
+                 target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 50) -> list[dict]:
+    cache_dir = Path(cache_dir or default_cache_dir())
+    rows = []
+    for table in tables:
+        spec = load_table(table)
+        ds_name = resolve_dataset(spec["dataset"], data_dir).name
+        rows += spec_traffic_rows(spec, PROFILES[profile_name], ds_name, cache_dir, target_fpr, n_traffic, repeats)
+    return rows
+
+
+def bar_check(rows: list[dict], detector: str, source: str) -> dict[tuple[str, str], dict]:
+    """Per (table, dataset): is the bar met by ``detector`` with the ``source`` ('surrogate' or 'traffic') threshold?"""
+    out = {}
+    for key in sorted({(r["table"], r["dataset"]) for r in rows}):
+        mine = [r for r in rows if (r["table"], r["dataset"]) == key and r["detector"] == detector]
+        if not mine or key[1] not in BARS:
+            continue
+        max_fpr, max_fnr = BARS[key[1]]
+        failing = [r for r in mine if r[f"{source}_fpr_mean"] > max_fpr or r[f"{source}_fnr_mean"] > max_fnr]
+        out[key] = {"configurations": len(mine), "failing": len(failing), "met": not failing,
+                    "worst_fpr": max(r[f"{source}_fpr_mean"] for r in mine),
+                    "worst_fnr": max(r[f"{source}_fnr_mean"] for r in mine),
+                    "mean_fnr": statistics.fmean(r[f"{source}_fnr_mean"] for r in mine)}
+    return out
+
+
+def traffic_markdown(rows: list[dict], meta: dict) -> str:
+    from dnnpiracy.attack import DEFAULT_DETECTOR
+    lines = ["# Threshold calibrated on unlabelled traffic vs on the surrogate set", "",
+             f"Profile `{meta['profile']}`; target FPR {meta['target_fpr']}; {meta['n_traffic']} clean evaluation "
+             f"inputs drawn at random play the pirate's first, unlabelled traffic ({meta['repeats']} draws per cell, "
+             "seeded by the cell's seed); FPR is measured on the clean inputs not drawn, FNR on the 15 trigger "
+             "inputs. *Contaminated*: the 15 trigger queries are part of the calibration traffic (the owner verified "
+             "while the pirate calibrated). The surrogate columns are the same cells' numbers in tableN.md. All "
+             "rates are means over the seeds (and draws). `default` is `" + DEFAULT_DETECTOR + "`.", ""]
+    for det in sorted({r["detector"] for r in rows}, key=lambda d: (d != DEFAULT_DETECTOR, d)):
+        for src in ("surrogate", "traffic"):
+            for (table, ds), b in bar_check(rows, det, src).items():
+                bar = BARS[ds]
+                verdict = "met" if b["met"] else f"NOT met in {b['failing']} of {b['configurations']}"
+                lines.append(f"- Table {table} ({ds}), {det}, {src}-calibrated: bar FPR <= {bar[0]}, FNR <= {bar[1]} "
+                             f"{verdict} "
+                             f"(worst FPR {b['worst_fpr']:.4f}, worst FNR {b['worst_fnr']:.3f}, "
+                             f"mean FNR {b['mean_fnr']:.3f})")
+    lines += ["", "| table | label | arch | blocks | detector | seeds | surrogate FPR | surrogate FNR | traffic FPR "
+                  "| traffic FNR | contaminated FPR | contaminated FNR |", "|---" * 12 + "|"]
+    for r in rows:
+        name = "default" if r["detector"] == DEFAULT_DETECTOR else r["detector"]
+        lines.append(f"| {r['table']} | {r['trigger_label']} | {r['arch']} | {r['blocks']} | {name} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['surrogate_fpr_mean']:.4f} | "
+                     f"{r['surrogate_fnr_mean']:.3f} | "
+                     f"{r['traffic_fpr_mean']:.4f} | {r['traffic_fnr_mean']:.3f} | {r['contaminated_fpr_mean']:.4f} | "
+                     f"{r['contaminated_fnr_mean']:.3f} |")
+    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s (from cached scores; no training). Command "
+                  f"`{meta['command']}`, commit {meta['git_commit']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_dir: Path | None = None,
+                        data_dir: str | None = None, target_fpr: float = 0.01, n_traffic: int = 500,
+                        repeats: int = 50, command: str = "") -> dict:
+    t0 = time.perf_counter()
+    rows = traffic_rows(tables, profile_name, cache_dir, data_dir, target_fpr, n_traffic, repeats)
+    if not rows:
+        raise ValueError(f"no finished calibrated cells with scores for tables {','.join(tables)} (profile "
+                         f"{profile_name}) in the cache: run `dnnpiracy reproduce` first")
+    meta = {"profile": profile_name, "tables": tables, "target_fpr": target_fpr, "n_traffic": n_traffic,
+            "repeats": repeats, "wall_seconds": time.perf_counter() - t0, "command": command,
+            "git_commit": git_commit()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), {"rows": rows, "meta": meta})
+    atomic_write_text(out.with_suffix(".md"), traffic_markdown(rows, meta))
+    return {"rows": rows, "meta": meta}
+
+
+__all__ = ["spec_traffic_rows", "traffic_rows", "bar_check", "traffic_markdown", "write_traffic_study"]
