@@ -115,3 +115,18 @@ def test_watermark_and_verify_commands(tmp_path):
     assert res.exit_code == 0, res.output
     v = json.loads(res.output)
     assert v["verdict"] == "pirated" and v["p_value"] < 1e-6
+
+
+def test_run_with_traffic_calibrated_threshold(tmp_path):
+    r = CliRunner()
+    base = ["run", "--quick", "--dataset", "digits-tiny", "--detector", "knn-input", "--cache-dir",
+            str(tmp_path / "cache")]
+    res = r.invoke(main, [*base, "--traffic", "100000", "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "traffic must be in" in res.output
+    assert not (tmp_path / "cache" / "targets").exists()          # rejected before any training
+    res = r.invoke(main, [*base, "--traffic", "40", "--target-fpr", "0.05", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert rep["traffic_size"] == 40 and rep["detector_spec"]["threshold_source"] == "traffic"
+    assert rep["detector_spec"]["n_traffic"] == 40 and rep["n_clean"] == rep["evaluation_size"]
+    assert rep["evaluation_size"] + 40 + rep["surrogate_size"] == 200   # digits-tiny: 200 test images

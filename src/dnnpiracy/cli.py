@@ -177,6 +177,9 @@ def owner_report(watermarked, clean, out):
               help="paper rule margin (default 2 MNIST, 0.65 Fashion-MNIST)")
 @click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="calibrated rule: clean false-positive rate to aim for")
+@click.option("--traffic", type=click.IntRange(0, None), default=0, show_default=True,
+              help="re-set the threshold on this many unlabelled clean queries, held out of the evaluation "
+                   "(0: threshold from the surrogate set)")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
@@ -186,7 +189,7 @@ def owner_report(watermarked, clean, out):
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, gan_epochs,
+def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, traffic, gan_epochs,
         heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
@@ -197,7 +200,8 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
                     trigger=TriggerConfig(trigger_label=trigger_label, blocks=blocks, seed=seed,
                                           pattern=trigger_pattern),
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
-                                            heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs)),
+                                            heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs),
+                                            traffic=traffic),
                     strategy=strategy, data_dir=data_dir)
     run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
     click.echo((Path(out) / "summary.md").read_text())

@@ -70,6 +70,16 @@ class RunResult:
     extras: dict = field(default_factory=dict)
 
 
+def split_traffic(evaluation_idx: torch.Tensor, n_traffic: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(evaluation, traffic): a seeded random ``n_traffic`` of the evaluation inputs become the pirate's unlabelled
+    calibration traffic and leave the evaluation."""
+    if not 0 < n_traffic < len(evaluation_idx):
+        raise ValueError(f"traffic must be in [1, {len(evaluation_idx) - 1}] for {len(evaluation_idx)} evaluation "
+                         f"inputs, got {n_traffic}")
+    perm = torch.randperm(len(evaluation_idx), generator=torch.Generator().manual_seed(seed))
+    return evaluation_idx[perm[n_traffic:]], evaluation_idx[perm[:n_traffic]]
+
+
 def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, progress: bool = True,
         log=print) -> RunResult:
     """Watermark a target (or reuse it), fit the detector on the surrogate set, evaluate, write the report."""
@@ -79,6 +89,9 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     t0 = time.perf_counter()
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     splits = make_splits(ds.test_y, cfg.detector.surrogate_fraction, cfg.detector.seed)
+    ev, traffic = splits.evaluation_idx, None
+    if cfg.detector.traffic:   # split (and validated) before any training: a bad size loses nothing
+        ev, traffic = split_traffic(ev, cfg.detector.traffic, cfg.detector.seed)
     timings["load_data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -87,10 +100,13 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
 
     tau = cfg.detector.tau if cfg.detector.tau is not None else paper_tau(ds.name)
     info = arch_info(cfg.train.arch, cfg.train.stem)
-    sur, ev = splits.surrogate_idx, splits.evaluation_idx
+    sur = splits.surrogate_idx
     t0 = time.perf_counter()
     log(f"fitting detector {cfg.detector.detector!r} on {len(sur)} surrogate inputs")
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg.detector, tau, ds.num_classes)
+    if traffic is not None:
+        log(f"re-thresholding on {len(traffic)} unlabelled clean queries (held out of the evaluation)")
+        det = det.calibrate_on_traffic(ds.test_x[traffic], cfg.detector.target_fpr)
     timings["fit_detector"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -113,12 +129,12 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
                                                             "trigger_accuracy", "fresh_trigger_accuracy",
                                                             "trigger_oversampled", "train_seconds")},
         "target_dir": str(target.out_dir), "config": asdict(cfg), "surrogate_size": int(len(sur)),
-        "evaluation_size": int(len(ev)), "timings": timings, "git_commit": git_commit(),
+        "evaluation_size": int(len(ev)), "traffic_size": cfg.detector.traffic, "timings": timings, "git_commit": git_commit(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     write_run_outputs(out_dir, report, ds, target, det, clean, trig)
     return RunResult(report, out_dir, {"detector": det, "target": target, "dataset": ds, "splits": splits})
 
 
-__all__ = ["RunConfig", "RunResult", "run", "get_target", "target_key", "default_cache_dir", "CPU_TRAIN",
+__all__ = ["RunConfig", "RunResult", "run", "split_traffic", "get_target", "target_key", "default_cache_dir", "CPU_TRAIN",
            "QUICK_TRAIN", "PAPER_TRAIN"]
