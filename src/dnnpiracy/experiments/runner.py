@@ -129,12 +129,13 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
                                                             "trigger_accuracy", "fresh_trigger_accuracy",
                                                             "trigger_oversampled", "train_seconds")},
         "target_dir": str(target.out_dir), "config": asdict(cfg), "surrogate_size": int(len(sur)),
-        "evaluation_size": int(len(ev)), "traffic_size": cfg.detector.traffic, "timings": timings, "git_commit": git_commit(),
+        "evaluation_size": int(len(ev)), "traffic_size": cfg.detector.traffic, "timings": timings,
+        "git_commit": git_commit(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     write_run_outputs(out_dir, report, ds, target, det, clean, trig)
     return RunResult(report, out_dir, {"detector": det, "target": target, "dataset": ds, "splits": splits})
 
 
-__all__ = ["RunConfig", "RunResult", "run", "split_traffic", "get_target", "target_key", "default_cache_dir", "CPU_TRAIN",
-           "QUICK_TRAIN", "PAPER_TRAIN"]
+__all__ = ["RunConfig", "RunResult", "run", "split_traffic", "get_target", "target_key", "default_cache_dir",
+           "CPU_TRAIN", "QUICK_TRAIN", "PAPER_TRAIN"]
