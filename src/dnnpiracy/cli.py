@@ -283,7 +283,7 @@ def reproduce(table, profile, out, max_cells, cached_only, cache_dir, data_dir):
               show_default=True)
 @click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
               help="unlabelled clean queries the threshold is calibrated on")
-@click.option("--repeats", type=click.IntRange(1, None), default=50, show_default=True, help="random draws per cell")
+@click.option("--repeats", type=click.IntRange(1, None), default=200, show_default=True, help="random draws per cell")
 @click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_calibration", show_default=True,
               help="writes OUT.md and OUT.json")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")

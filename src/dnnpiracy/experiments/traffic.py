@@ -21,7 +21,7 @@ from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
 
 
 def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Path, target_fpr: float = 0.01,
-                      n_traffic: int = 500, repeats: int = 50) -> list[dict]:
+                      n_traffic: int = 500, repeats: int = 200) -> list[dict]:
     """One table: every finished calibrated cell that kept its scores, grouped by configuration and detector."""
     groups: dict[tuple, list[dict]] = {}
     for cell in table_cells(spec, profile, ds_name):
@@ -49,7 +49,7 @@ def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Pat
 
 
 def traffic_rows(tables: list[str], profile_name: str, cache_dir: Path | None = None, data_dir: str | None = None,
-                 target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 50) -> list[dict]:
+                 target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 200) -> list[dict]:
     cache_dir = Path(cache_dir or default_cache_dir())
     rows = []
     for table in tables:
@@ -109,7 +109,7 @@ def traffic_markdown(rows: list[dict], meta: dict) -> str:
 
 def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_dir: Path | None = None,
                         data_dir: str | None = None, target_fpr: float = 0.01, n_traffic: int = 500,
-                        repeats: int = 50, command: str = "") -> dict:
+                        repeats: int = 200, command: str = "") -> dict:
     t0 = time.perf_counter()
     rows = traffic_rows(tables, profile_name, cache_dir, data_dir, target_fpr, n_traffic, repeats)
     if not rows:
