@@ -80,7 +80,8 @@ def traffic_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Threshold calibrated on unlabelled traffic vs on the surrogate set", "",
              f"Profile `{meta['profile']}`; target FPR {meta['target_fpr']}; {meta['n_traffic']} clean evaluation "
              f"inputs drawn at random play the pirate's first, unlabelled traffic ({meta['repeats']} draws per cell, "
-             "seeded by the cell's seed); FPR is measured on the clean inputs not drawn, FNR on the 15 trigger "
+             "seeded by the cell's seed: the cells of one seed share their evaluation images and draws, so rows are "
+             "correlated); FPR is measured on the clean inputs not drawn, FNR on the 15 trigger "
              "inputs. *Contaminated*: the 15 trigger queries are part of the calibration traffic (the owner verified "
              "while the pirate calibrated). The surrogate columns are the same cells' numbers in tableN.md. All "
              "rates are means over the seeds (and draws). `default` is `" + DEFAULT_DETECTOR + "`.", ""]
