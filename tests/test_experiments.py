@@ -73,6 +73,8 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     md = traffic_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 40, "repeats": 5,
                                  "wall_seconds": 0.0, "command": "x", "git_commit": "y"})
     assert "| 1 | 0 | small-cnn | 4 | knn-input | 0 |" in md
+    from dnnpiracy.evaluation.plots import traffic_figure
+    assert traffic_figure(rows, "t").startswith(b"\x89PNG")
 
 
 def test_bar_summary_applies_the_issue_bar_per_dataset():

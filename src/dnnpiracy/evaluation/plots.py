@@ -117,6 +117,31 @@ def roc_figure(curves: dict[str, list[tuple[str, list, list]]], title: str) -> b
     return _png(fig)
 
 
+def traffic_figure(rows: list[dict], title: str) -> bytes:
+    """FNR (top) and FPR (bottom) per configuration, surrogate- vs traffic-calibrated threshold, one colour pair per
+    detector; the 1 % line marks the target FPR."""
+    plt = _plt()
+    names = sorted({r["detector"] for r in rows})
+    configs = sorted({(r["table"], r["trigger_label"], r["arch"], r["blocks"]) for r in rows})
+    fig, axes = plt.subplots(2, 1, figsize=(max(8, 0.45 * len(configs) * len(names)), 7), sharex=True)
+    width = 0.8 / (2 * len(names))
+    for i, name in enumerate(names):
+        per = {(r["table"], r["trigger_label"], r["arch"], r["blocks"]): r for r in rows if r["detector"] == name}
+        for j, src in enumerate(("surrogate", "traffic")):
+            x = [k + (2 * i + j - len(names) + 0.5) * width for k, c in enumerate(configs) if c in per]
+            for ax, rate in zip(axes, ("fnr", "fpr")):
+                ax.bar(x, [per[c][f"{src}_{rate}_mean"] for c in configs if c in per], width,
+                       label=f"{name}, {src}", alpha=1.0 if src == "traffic" else 0.45, color=f"C{i}")
+    axes[1].axhline(0.01, color="k", lw=0.8, ls="--")
+    axes[0].set_ylabel("FNR (15 triggers, mean over seeds)")
+    axes[1].set_ylabel("FPR (clean, mean over seeds)")
+    axes[1].set_xticks(range(len(configs)))
+    axes[1].set_xticklabels([f"T{t} L{lab}\n{a}, {b}b" for t, lab, a, b in configs], fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
+
+
 def heatmap_gallery(clean_x, clean_y, clean_maps, clean_pred, trig_x, trig_src, trig_maps, trig_pred,
                     class_names: list[str], title: str) -> bytes:
     """Per class c: a clean input of class c and a trigger input made from a class-c image, each with its Grad-CAM

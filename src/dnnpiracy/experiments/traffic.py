@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 
 from dnnpiracy.attack import resolve_spec
+from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration
 from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
 from dnnpiracy.experiments.runner import default_cache_dir
-from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 
 
 def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Path, target_fpr: float = 0.01,
@@ -123,6 +124,9 @@ def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_d
     out.parent.mkdir(parents=True, exist_ok=True)
     write_json(out.with_suffix(".json"), {"rows": rows, "meta": meta})
     atomic_write_text(out.with_suffix(".md"), traffic_markdown(rows, meta))
+    atomic_write_bytes(out.with_suffix(".png"), traffic_figure(
+        rows, f"Threshold from ~100 surrogate images (pale) vs {n_traffic} unlabelled clean queries (solid), "
+              f"profile {profile_name}, target FPR {target_fpr}"))
     return {"rows": rows, "meta": meta}
 
 
