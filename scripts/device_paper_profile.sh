@@ -7,6 +7,9 @@
 # Order: Table III (ResNet-34/101/152, label 0), then V and IV, which reuse III's ResNet-34 label-0 targets.
 # A table cut by the budget keeps its finished cells (each cell is written atomically when done).
 # Needs: python3 with torch, numpy, safetensors, matplotlib, click, tqdm; the mnist-10k tarball under $DATA_DIR.
+# Resuming in a later GPU session: carry the finished paper-profile cells and the script skips them, e.g.
+#   mkdir -p .devcache/cells && grep -l '"epochs": 15' ~/.cache/dnnpiracy/runs/cells/*.json | xargs cp -t .devcache/cells
+# (both .devdata and .devcache listed in .git/info/exclude and in the device call's carry).
 set -u
 OUT="${OUT:?set OUT to the folder that receives bundle.tgz and log.txt}"
 BUDGET="${1:-450}"
@@ -21,6 +24,11 @@ mkdir -p "$OUT" "$CACHE/cells" "$CACHE/logs" "$TABLES_OUT"
 { date -u; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1; nproc
   python3 -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__,
   "cuda", torch.cuda.is_available())'; } >>"$LOG" 2>&1
+CELLS_IN="${CELLS_IN:-.devcache/cells}"
+if [ -d "$CELLS_IN" ]; then
+  cp -n "$CELLS_IN"/*.json "$CACHE/cells/" 2>/dev/null
+  echo "seeded $(ls "$CACHE/cells" | wc -l) finished cells from $CELLS_IN" >>"$LOG"
+fi
 end=$((SECONDS + BUDGET))
 for t in 3 5 4; do
   left=$((end - SECONDS))
