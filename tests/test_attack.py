@@ -204,3 +204,11 @@ def test_traffic_calibration_measures_heldout_rates():
     assert bad["fnr_mean"] >= 0.5 and bad["fpr_mean"] == 0.0
     with pytest.raises(ValueError, match="n_traffic"):
         traffic_calibration(clean[:10], trig, n_traffic=10)
+
+
+def test_default_detector_is_chosen_per_dataset():
+    from dnnpiracy.attack import DEFAULT_DETECTOR, default_detector, resolve_spec
+    assert default_detector("fashion-mnist") == "ensemble-stages-input"
+    assert default_detector("mnist-10k") == default_detector("mnist") == default_detector(None) == DEFAULT_DETECTOR
+    assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-stages-input"
+    assert resolve_spec("default").scorer == DEFAULT_DETECTOR

@@ -12,7 +12,10 @@ def test_tables_declare_the_paper_grid():
     assert 0.1 in t5["taus"] and 20.0 in t5["taus"]
     assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
     cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
-    assert len(cells) == 10 * 3 * len(t1["detectors"]) and {c.arch for c in cells} == {"resnet18"}
+    assert len(cells) == 10 * 3 * 3 and {c.arch for c in cells} == {"resnet18"}   # "default" repeats one design
+    assert {c.detector for c in cells} == {"paper", "ensemble-stages-input", "ensemble-mahalanobis-stages-input-knn"}
+    fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
+    assert len(fashion) == 10 * 3 * 3 and {c.detector for c in fashion} == {c.detector for c in cells}
     assert {c.arch for c in table_cells(t3, PROFILES["cpu"], "mnist-10k")} == {"resnet34", "resnet101", "resnet152"}
     assert len({c.key() for c in cells}) == len(cells)
 

@@ -274,7 +274,7 @@ def run_bench(arch: str = "resnet34", detectors: tuple[str, ...] = ("default", "
         cfg = DetectorConfig(detector=name, gan=gan)
         echo(f"fitting detector {name!r} on {len(sur)} surrogate images ...")
         t0 = time.perf_counter()
-        det = fit_detector(model, info, sur_x, sur_y, cfg, tau=TAU, num_classes=ds.num_classes)
+        det = fit_detector(model, info, sur_x, sur_y, cfg, tau=TAU, num_classes=ds.num_classes, dataset=ds.name)
         fit_s = time.perf_counter() - t0
         if type(det.cam) is not GradCAM:
             raise ValueError(f"detector {name!r} uses {det.spec.cam}; the Captum reference is Grad-CAM only")

@@ -308,9 +308,15 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
 @main.command()
 def detectors():
     """List the available detectors."""
-    from dnnpiracy.attack import DEFAULT_DETECTOR, DETECTORS
+    from dnnpiracy.attack import DEFAULT_BY_DATASET, DEFAULT_DETECTOR, DETECTORS
     for name, spec in DETECTORS.items():
-        mark = "  (default)" if name == DEFAULT_DETECTOR else ""
+        on = [d for d, n in DEFAULT_BY_DATASET.items() if n == name]
+        mark = ""
+        if name == DEFAULT_DETECTOR:
+            others = [d for d, n in DEFAULT_BY_DATASET.items() if n != name]
+            mark = "  (default" + (f" except on {', '.join(others)})" if others else ")")
+        elif on:
+            mark = f"  (default on {', '.join(on)})"
         click.echo(f"{name:34s} scorer={spec.scorer:32s} rule={spec.rule}{mark}  {spec.description}")
 
 

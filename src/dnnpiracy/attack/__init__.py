@@ -1,12 +1,14 @@
 """Attacker side: heatmaps of queries, per-class trigger detectors, the pirated classifier."""
 
 from dnnpiracy.attack.detector import (
+                                       DEFAULT_BY_DATASET,
                                        DEFAULT_DETECTOR,
                                        DETECTORS,
                                        SCORERS,
                                        Detector,
                                        DetectorSpec,
                                        Inspection,
+                                       default_detector,
                                        fit_detector,
                                        make_cam,
                                        resolve_spec,
@@ -23,7 +25,8 @@ from dnnpiracy.attack.scorers import (
                                        Scorer,
 )
 
-__all__ = ["DEFAULT_DETECTOR", "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector",
+           "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
            "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "EnsembleScorer", "Evidence",
            "HeatmapMassScorer", "KNNScorer", "MahalanobisScorer", "Scorer"]

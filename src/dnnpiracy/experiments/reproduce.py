@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dnnpiracy.attack import DEFAULT_DETECTOR, fit_detector, make_cam
+from dnnpiracy.attack import default_detector, fit_detector, make_cam
 from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig
 from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -104,8 +104,8 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                 for seed in spec["seeds"]:
                     train = TrainConfig(arch=used, epochs=profile.epochs[dataset_name], seed=seed,
                                         trigger_oversample=20)
-                    for det in spec["detectors"]:
-                        det = DEFAULT_DETECTOR if det == "default" else det   # cache key names the design
+                    named = [default_detector(dataset_name) if d == "default" else d for d in spec["detectors"]]
+                    for det in dict.fromkeys(named):      # the cache key names the design; "default" may repeat one
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
                                           tuple(spec.get("target_fprs", [0.01]))))
@@ -243,14 +243,15 @@ def bar_summary(rows: list[dict], detector: str, target_fpr: float = 0.01) -> di
 def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -> str:
     """One line per configuration with the paper's numbers and every detector side by side (Table V, whose
     detectors sweep different thresholds, gets one line per detector and threshold instead)."""
+    default = default_detector(rows[0]["dataset"] if rows else None)
     lines = [f"# Table {spec['id']}: {spec['title']}", "",
              f"Profile `{profile.name}`: {profile.note}.", "",
              f"Dataset: {meta['dataset_note']}", "",
              "Rates are fractions (not percent). FPR over the clean evaluation split (test minus surrogate); FNR over "
              "the 15 embedded trigger inputs. Our columns: mean +- std over the seeds listed in each row, "
              "[Wilson 95 % interval pooled over those seeds]. The paper's detector uses its rule (alpha_y + tau); "
-             f"the others a calibrated threshold. `default` is `{DEFAULT_DETECTOR}`.", ""]
-    dets = sorted({r["detector"] for r in rows}, key=lambda d: (d != "paper", d != DEFAULT_DETECTOR, d))
+             f"the others a calibrated threshold. `default` is `{default}` on this dataset.", ""]
+    dets = sorted({r["detector"] for r in rows}, key=lambda d: (d != "paper", d != default, d))
     side_by_side = spec["id"] != "5"
     if side_by_side:
         configs: dict[tuple, dict[str, dict]] = {}
@@ -259,7 +260,7 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
         head = "| label | arch | blocks | seeds | target acc | trigger acc | published: acc, FPR, FNR |"
         sep = "|---|---|---|---|---|---|---|"
         for d in dets:
-            name = {"paper": "paper detector", DEFAULT_DETECTOR: "default"}.get(d, d)
+            name = {"paper": "paper detector", default: "default"}.get(d, d)
             head += f" {name} FPR | {name} FNR | {name} AUROC |"
             sep += "---|---|---|"
         lines += [head, sep]
@@ -335,7 +336,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
                 "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
-                "command": command, "git_commit": git_commit(), "bar": bar_summary(rows, DEFAULT_DETECTOR)}
+                "command": command, "git_commit": git_commit(), "bar": bar_summary(rows, default_detector(ds.name))}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
         atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
@@ -380,8 +381,9 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
         written.append(path)
     if table == "5" and rows:
         path = fig_dir / "table5_sweep.png"
-        atomic_write_bytes(path, threshold_sweep_figure(rows, f"Table V ({ds.name}, profile {profile.name}): "
-                                                              "FPR and FNR against the threshold", DEFAULT_DETECTOR))
+        atomic_write_bytes(path, threshold_sweep_figure(
+            rows, f"Table V ({ds.name}, profile {profile.name}): FPR and FNR against the threshold",
+            default_detector(ds.name)))
         written.append(path)
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:

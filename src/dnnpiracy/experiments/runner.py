@@ -103,7 +103,8 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     sur = splits.surrogate_idx
     t0 = time.perf_counter()
     log(f"fitting detector {cfg.detector.detector!r} on {len(sur)} surrogate inputs")
-    det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg.detector, tau, ds.num_classes)
+    det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg.detector, tau, ds.num_classes,
+                       dataset=ds.name)
     if traffic is not None:
         log(f"re-thresholding on {len(traffic)} unlabelled clean queries (held out of the evaluation)")
         det = det.calibrate_on_traffic(ds.test_x[traffic], cfg.detector.target_fpr)

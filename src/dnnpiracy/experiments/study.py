@@ -37,7 +37,7 @@ def study_target(target: Target, ds: Dataset, splits: Splits, detectors: list[st
         for name in tqdm(detectors, desc=f"layer {cam.layer}", disable=not progress, leave=False):
             cfg = replace(base, detector=name, heatmap_layer=layer)
             det = fit_detector(target.model, info, ds.test_x[sur_idx], ds.test_y[sur_idx], cfg, tau,
-                               ds.num_classes, probe=probes["surrogate"])
+                               ds.num_classes, probe=probes["surrogate"], dataset=ds.name)
             c, t, f = inspect_sets(det, ds.test_x[ev_idx], ds.test_y[ev_idx], target.triggers,
                                    target.fresh_triggers, probes)
             m = evaluate(det, c, t, f, trig_label)

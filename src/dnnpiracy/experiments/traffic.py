@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dnnpiracy.attack import resolve_spec
+from dnnpiracy.attack import default_detector, resolve_spec
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration
 from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
@@ -77,7 +77,6 @@ def bar_check(rows: list[dict], detector: str, source: str) -> dict[tuple[str, s
 
 
 def traffic_markdown(rows: list[dict], meta: dict) -> str:
-    from dnnpiracy.attack import DEFAULT_DETECTOR
     lines = ["# Threshold calibrated on unlabelled traffic vs on the surrogate set", "",
              f"Profile `{meta['profile']}`; target FPR {meta['target_fpr']}; {meta['n_traffic']} clean evaluation "
              f"inputs drawn at random play the pirate's first, unlabelled traffic ({meta['repeats']} draws per cell, "
@@ -85,8 +84,9 @@ def traffic_markdown(rows: list[dict], meta: dict) -> str:
              "correlated); FPR is measured on the clean inputs not drawn, FNR on the 15 trigger "
              "inputs. *Contaminated*: the 15 trigger queries are part of the calibration traffic (the owner verified "
              "while the pirate calibrated). The surrogate columns are the same cells' numbers in tableN.md. All "
-             "rates are means over the seeds (and draws). `default` is `" + DEFAULT_DETECTOR + "`.", ""]
-    for det in sorted({r["detector"] for r in rows}, key=lambda d: (d != DEFAULT_DETECTOR, d)):
+             "rates are means over the seeds (and draws). `default` is the dataset's default detector: "
+             + ", ".join(f"`{default_detector(d)}` on {d}" for d in sorted({r["dataset"] for r in rows})) + ".", ""]
+    for det in sorted({r["detector"] for r in rows}):
         for src in ("surrogate", "traffic"):
             for (table, ds), b in bar_check(rows, det, src).items():
                 bar = BARS[ds]
@@ -98,7 +98,7 @@ def traffic_markdown(rows: list[dict], meta: dict) -> str:
     lines += ["", "| table | label | arch | blocks | detector | seeds | surrogate FPR | surrogate FNR | traffic FPR "
                   "| traffic FNR | contaminated FPR | contaminated FNR |", "|---" * 12 + "|"]
     for r in rows:
-        name = "default" if r["detector"] == DEFAULT_DETECTOR else r["detector"]
+        name = f"{r['detector']} (default)" if r["detector"] == default_detector(r["dataset"]) else r["detector"]
         lines.append(f"| {r['table']} | {r['trigger_label']} | {r['arch']} | {r['blocks']} | {name} | "
                      f"{','.join(map(str, r['seeds']))} | {r['surrogate_fpr_mean']:.4f} | "
                      f"{r['surrogate_fnr_mean']:.3f} | "
