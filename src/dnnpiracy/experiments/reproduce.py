@@ -97,6 +97,8 @@ class Cell:
 
 def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
     cells = []
+    named = [default_detector(dataset_name) if d == "default" else d for d in spec["detectors"]]
+    designs = list(dict.fromkeys(named))      # the cache key names the design; "default" may repeat one
     for arch in spec["archs"]:
         used = arch if (spec["id"] == "3" and profile.keep_archs) else profile.arch_map.get(arch, arch)
         for label in spec["trigger_labels"]:
@@ -104,8 +106,7 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                 for seed in spec["seeds"]:
                     train = TrainConfig(arch=used, epochs=profile.epochs[dataset_name], seed=seed,
                                         trigger_oversample=20)
-                    named = [default_detector(dataset_name) if d == "default" else d for d in spec["detectors"]]
-                    for det in dict.fromkeys(named):      # the cache key names the design; "default" may repeat one
+                    for det in designs:
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
                                           tuple(spec.get("target_fprs", [0.01]))))
