@@ -30,7 +30,11 @@ from dnnpiracy.models import arch_info
 DEV = [("fashion-mnist", 3, 1), ("mnist-10k", 3, 1)]
 
 
-def measure(names: list[str], draws: int, target_fpr: float) -> dict:
+def _rates(se: torch.Tensor, st: torch.Tensor, thr: float) -> list[float]:
+    return [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()), float((st > thr).float().mean())]
+
+
+def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0) -> dict:
     raw: dict = {}
     for dsname, label, seed in DEV:
         ds = load_dataset(dsname)
@@ -44,15 +48,29 @@ def measure(names: list[str], draws: int, target_fpr: float) -> dict:
         for split_seed in range(100, 100 + draws):
             sp = make_splits(ds.test_y, 0.05, split_seed)
             s, e = sp.surrogate_idx, sp.evaluation_idx
+            if traffic:   # a seeded `traffic` of the evaluation inputs become the pirate's unlabelled clean queries
+                perm = torch.randperm(len(e), generator=torch.Generator().manual_seed(split_seed))
+                e, tr = e[perm[traffic:]], e[perm[:traffic]]
             for name in names:
                 sc = SCORERS[name](DetectorConfig())
                 oof = sc.oof_scores(EA.take(s), ds.test_y[s], pa[s], folds=20)
                 sc.fit(EA.take(s), ds.test_y[s], pa[s])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
-                thr = conformal_threshold(oof, target_fpr)
-                raw.setdefault(dsname, {}).setdefault(name, []).append(
-                    [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()),
-                     float((st > thr).float().mean())])
+                per = raw.setdefault(dsname, {})
+                per.setdefault(name, []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
+                if not traffic:
+                    continue
+                # threshold only: the surrogate-fitted scorer, thresholded on the traffic's scores
+                thr = conformal_threshold(sc.score(EA.take(tr), pa[tr]), target_fpr)
+                per.setdefault(f"{name} +traffic threshold", []).append(_rates(se, st, thr))
+                # fit: scorer fitted and thresholded on surrogate + traffic (traffic labelled by the target)
+                both = torch.cat([s, tr])
+                y_both = torch.cat([ds.test_y[s], pa[tr]])
+                sc = SCORERS[name](DetectorConfig())
+                oof = sc.oof_scores(EA.take(both), y_both, pa[both], folds=20)
+                sc.fit(EA.take(both), y_both, pa[both])
+                se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
+                per.setdefault(f"{name} +traffic fit", []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
             print(dsname, split_seed, flush=True)
     return raw
 
@@ -75,7 +93,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "runs use trigger label 0, seed 0, and played no part in this choice. Each row averages "
              f"{rows[0]['draws'] if rows else 0} surrogate draws (5 % of test, stratified, split seeds 100..). The "
              f"calibrated threshold targets FPR {meta['target_fpr']}. FPR is measured on the rest of the test set, "
-             "FNR over the 15 triggers. Rates are fractions.", "",
+             "FNR over the 15 triggers. Rates are fractions." + (
+                 f" With `--traffic {meta['traffic']}`, that many evaluation inputs per draw are held out as the "
+                 "pirate's unlabelled clean traffic (and leave the evaluation): `+traffic threshold` re-sets the "
+                 "threshold on their scores, `+traffic fit` fits and thresholds the scorer on surrogate + traffic, "
+                 "each traffic input labelled by the target's prediction." if meta.get("traffic") else ""), "",
              "| dataset | detector | AUROC | TPR@1%FPR | FPR mean | FPR max | FNR mean | FNR max |",
              "|---|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["dataset"], r["fnr_mean"])):
@@ -90,16 +112,20 @@ def main() -> None:
     ap.add_argument("--detectors", required=True)
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--target-fpr", type=float, default=0.01)
+    ap.add_argument("--traffic", type=int, default=0,
+                    help="also hold this many evaluation inputs out as unlabelled traffic, and measure each detector "
+                         "thresholded on it (+traffic threshold) and fitted on surrogate + traffic (+traffic fit)")
     ap.add_argument("--reuse", help="raw JSON of an earlier run of this measurement (render only)")
     ap.add_argument("--out", default="results/detector_selection")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     t0 = time.perf_counter()
     raw = json.load(open(args.reuse)) if args.reuse else measure(args.detectors.split(","), args.draws,
-                                                                  args.target_fpr)
+                                                                  args.target_fpr, args.traffic)
     rows = summarise(raw)
     meta = {"command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
-            "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV}
+            "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV,
+            "traffic": args.traffic}
     write_json(args.out + ".json", {"rows": rows, "raw": raw, "meta": meta})
     atomic_write_text(args.out + ".md", markdown(rows, meta))
     print(markdown(rows, meta))

@@ -75,6 +75,21 @@ def test_knn_and_mahalanobis_rank_outliers():
         assert oof.shape == (200,) and torch.isfinite(oof).all()
 
 
+def test_mahalanobis_precision_is_the_inverse_of_the_shrunk_covariance():
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 50, generator=gen)            # fewer samples than dimensions: only shrinkage makes it invertible
+    y = torch.arange(30) % 3
+    sc = MahalanobisScorer("features", shrinkage=0.1).fit(Evidence(features=X), y)
+    Xd = X.double()
+    centred = torch.cat([Xd[y == c] - Xd[y == c].mean(0) for c in range(3)])
+    cov = centred.T @ centred / (len(centred) - 1)
+    shrunk = 0.9 * cov + 0.1 * torch.eye(50, dtype=torch.float64) * cov.diagonal().mean()
+    assert torch.allclose(sc.precision, torch.linalg.pinv(shrunk, hermitian=True), rtol=1e-6, atol=1e-8)
+    # a degenerate covariance (all samples equal) falls back to the pseudo-inverse instead of failing
+    flat = MahalanobisScorer("features").fit(Evidence(features=torch.ones(6, 4)), torch.zeros(6, dtype=torch.long))
+    assert torch.isfinite(flat.precision).all()
+
+
 def test_threshold_rules():
     s = torch.tensor([1.0, 2.0, 3.0, 10.0])
     y = torch.tensor([0, 0, 1, 1])
@@ -189,6 +204,29 @@ def test_calibrate_on_traffic_sets_one_quantile_threshold(tiny_target):
         det.calibrate_on_traffic(traffic, target_fpr=1.5)
 
 
+def test_fit_on_traffic_labels_traffic_by_the_target_and_thresholds_on_both(tiny_target):
+    ds, splits, target = tiny_target
+    sur, ev = splits.surrogate_idx, splits.evaluation_idx
+    cfg = DetectorConfig(detector="knn-input", calibration_folds=5)
+    traffic = ds.test_x[ev[:60]]
+    det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur], cfg, tau=2.0,
+                       traffic_x=traffic)
+    assert det.fit_info["n_traffic"] == 60 and det.fit_info["n_calibration"] == len(sur) + 60
+    assert det.fit_info["fit_source"] == "surrogate+traffic"
+    # the reference set holds the traffic under its predicted label: a traffic query is its own nearest neighbour
+    ins = det.inspect(traffic)
+    assert torch.allclose(ins.scores, torch.zeros(60), atol=1e-4)
+    # one threshold, the conformal quantile of all surrogate + traffic out-of-fold scores
+    from dnnpiracy.attack.thresholds import conformal_threshold
+    assert torch.allclose(det.thresholds, torch.full((10,), conformal_threshold(det.calibration_scores, 0.01)))
+    with pytest.raises(ValueError, match="paper rule"):
+        fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
+                     DetectorConfig(detector="paper"), tau=2.0, traffic_x=traffic)
+    with pytest.raises(ValueError, match="shape"):
+        fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur], cfg, tau=2.0,
+                     traffic_x=traffic[:, :, :20])
+
+
 def test_traffic_calibration_measures_heldout_rates():
     from dnnpiracy.evaluation.traffic import traffic_calibration
     gen = torch.Generator().manual_seed(0)
@@ -204,6 +242,28 @@ def test_traffic_calibration_measures_heldout_rates():
     assert bad["fnr_mean"] >= 0.5 and bad["fpr_mean"] == 0.0
     with pytest.raises(ValueError, match="n_traffic"):
         traffic_calibration(clean[:10], trig, n_traffic=10)
+
+
+def test_traffic_fit_grows_the_reference_set_from_unlabelled_traffic():
+    from dnnpiracy.evaluation.traffic import traffic_fit
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+
+    def draw(n):
+        y = torch.arange(n) % 2
+        return Evidence(features=centres[y] + torch.randn(n, 2, generator=gen)), y
+    sur, sur_y = draw(6)                      # 3 labelled inputs per class: a 1 % quantile cannot be pinned
+    clean, clean_y = draw(3000)
+    trig = Evidence(features=torch.tensor([[5.0, 6.0]]).repeat(15, 1) + 0.1 * torch.randn(15, 2, generator=gen))
+    r = traffic_fit(lambda: KNNScorer("features", k=1), sur, sur_y, sur_y, clean, clean_y, trig,
+                    torch.zeros(15, dtype=torch.long), target_fpr=0.01, n_traffic=1000, repeats=3, folds=5)
+    assert r["n_heldout"] == 2000 and r["n_surrogate"] == 6 and r["repeats"] == 3
+    assert r["surrogate_fpr_mean"] == 0.0 and r["surrogate_fnr_mean"] == 1.0   # threshold +inf: flags nothing
+    assert r["fit_fnr_mean"] == 0.0 and 0.002 <= r["fit_fpr_mean"] <= 0.02     # fitted on traffic: near target
+    assert r["fit_auroc_mean"] == 1.0
+    with pytest.raises(ValueError, match="n_traffic"):
+        traffic_fit(lambda: KNNScorer("features"), sur, sur_y, sur_y, clean, clean_y, trig,
+                    torch.zeros(15, dtype=torch.long), n_traffic=3000)
 
 
 def test_default_detector_is_chosen_per_dataset():

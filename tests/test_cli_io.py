@@ -130,3 +130,14 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
     assert rep["traffic_size"] == 40 and rep["detector_spec"]["threshold_source"] == "traffic"
     assert rep["detector_spec"]["n_traffic"] == 40 and rep["n_clean"] == rep["evaluation_size"]
     assert rep["evaluation_size"] + 40 + rep["surrogate_size"] == 200   # digits-tiny: 200 test images
+    res = r.invoke(main, [*base, "--traffic", "40", "--traffic-use", "fit", "--target-fpr", "0.05", "--out",
+                          str(tmp_path / "fit")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "fit" / "report.json").read_text())
+    assert rep["detector_spec"]["fit_source"] == "surrogate+traffic"
+    assert rep["detector_spec"]["n_calibration"] == rep["surrogate_size"] + 40
+    res = r.invoke(main, ["run", "--quick", "--dataset", "digits-tiny", "--detector", "paper", "--traffic", "40",
+                          "--traffic-use", "fit", "--cache-dir", str(tmp_path / "cache2"),
+                          "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "calibrated detector" in res.output
+    assert not (tmp_path / "cache2" / "targets").exists()          # rejected before any training

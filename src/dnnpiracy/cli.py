@@ -180,6 +180,9 @@ def owner_report(watermarked, clean, out):
 @click.option("--traffic", type=click.IntRange(0, None), default=0, show_default=True,
               help="re-set the threshold on this many unlabelled clean queries, held out of the evaluation "
                    "(0: threshold from the surrogate set)")
+@click.option("--traffic-use", type=click.Choice(["threshold", "fit"]), default="threshold", show_default=True,
+              help="threshold: re-set only the threshold on the traffic; fit: fit the scorer on surrogate + traffic "
+                   "(traffic labelled by the target's predictions) and threshold on both")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
@@ -189,8 +192,8 @@ def owner_report(watermarked, clean, out):
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, traffic, gan_epochs,
-        heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
+def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, traffic, traffic_use,
+        gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
     from dnnpiracy.experiments.runner import run as run_fn
@@ -201,7 +204,7 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
                                           pattern=trigger_pattern),
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
                                             heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs),
-                                            traffic=traffic),
+                                            traffic=traffic, traffic_use=traffic_use),
                     strategy=strategy, data_dir=data_dir)
     run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
     click.echo((Path(out) / "summary.md").read_text())
@@ -300,6 +303,40 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
     try:
         res = write_traffic_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir, target_fpr,
                                   n_traffic, repeats, command=" ".join(["dnnpiracy", *sys.argv[1:]]))
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{len(res['rows'])} rows -> {out.with_suffix('.md')}")
+
+
+@main.command("traffic-fit")
+@click.option("--tables", default="1,2,4", show_default=True, help="comma-separated tables among 1-4")
+@click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
+@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
+              show_default=True)
+@click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
+              help="unlabelled clean queries the detector is fitted and thresholded on, beside the surrogate set")
+@click.option("--repeats", type=click.IntRange(1, None), default=10, show_default=True,
+              help="random traffic draws per cell (each refits the scorer)")
+@click.option("--max-clean", type=click.IntRange(2, None), default=None,
+              help="probe only a seeded subset of this many clean evaluation inputs per cell (Fashion-MNIST has 9,500)")
+@click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_fit", show_default=True,
+              help="writes OUT.md and OUT.json")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_data_dir_option
+def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out, cache_dir, data_dir):
+    """Refit the default detector of finished `reproduce` cells on surrogate + unlabelled traffic (probes the cached
+    targets: trains nothing), beside the surrogate-fitted detector thresholded on the surrogate set or on the
+    traffic."""
+    from dnnpiracy.experiments.traffic import write_traffic_fit_study
+    chosen = [t.strip() for t in tables.split(",") if t.strip()]
+    bad = [t for t in chosen if t not in ("1", "2", "3", "4")]
+    if bad or not chosen:
+        raise click.BadParameter(f"tables must be among 1,2,3,4; got {tables!r}", param_hint="--tables")
+    out = Path(out)
+    try:
+        res = write_traffic_fit_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir,
+                                      target_fpr, n_traffic, repeats, max_clean,
+                                      command=" ".join(["dnnpiracy", *sys.argv[1:]]))
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(res['rows'])} rows -> {out.with_suffix('.md')}")

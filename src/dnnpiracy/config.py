@@ -71,7 +71,8 @@ class DetectorConfig:
     tau: float | None = None      # paper rule: flag if score > alpha_y + tau (None = dataset default)
     target_fpr: float = 0.01      # calibrated rule: aim for this clean false-positive rate (conformal)
     calibration_folds: int = 20   # calibrated rule: K-fold cross-fitting on the surrogate set (DCGAN: at most 5)
-    traffic: int = 0              # > 0: threshold re-set on this many unlabelled clean queries (held out of evaluation)
+    traffic: int = 0              # > 0: this many unlabelled clean queries (held out of evaluation) serve the pirate
+    traffic_use: str = "threshold"  # "threshold": re-set the threshold on them; "fit": also fit the scorer on them
     gan: GanConfig = field(default_factory=GanConfig)
     seed: int = 0
 
@@ -80,6 +81,8 @@ class DetectorConfig:
         _check(0 < self.target_fpr < 1, "target_fpr must be in (0, 1)")
         _check(2 <= self.calibration_folds <= 1000, "calibration_folds must be in 2..1000")
         _check(self.traffic >= 0, "traffic must be >= 0 (0 = threshold from the surrogate set)")
+        _check(self.traffic_use in ("threshold", "fit"), f"traffic_use must be 'threshold' or 'fit', "
+               f"got {self.traffic_use!r}")
 
 
 PAPER_TAU = {"mnist": 2.0, "mnist-10k": 2.0, "fashion-mnist": 0.65, "digits-tiny": 2.0}

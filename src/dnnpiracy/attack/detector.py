@@ -184,18 +184,33 @@ def make_cam(model: nn.Module, info: ArchInfo, layer: str | None = None, method:
 
 def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, surrogate_y: torch.Tensor,
                  cfg: DetectorConfig, tau: float, num_classes: int = 10, probe: Probe | None = None,
-                 dataset: str | None = None) -> Detector:
+                 dataset: str | None = None, traffic_x: torch.Tensor | None = None) -> Detector:
     """Fit the detector named by ``cfg.detector`` on the labelled surrogate set (T_l = inputs with true label l);
-    ``default`` resolves per ``dataset``."""
+    ``default`` resolves per ``dataset``.
+
+    ``traffic_x``: unlabelled queries the pirate trusts to be clean.  A calibrated detector is then fitted *and*
+    thresholded on the surrogate set plus these, each traffic query standing in T_l for the label l the target
+    predicts for it (no true label is read).  ``probe``, when given, covers surrogate_x followed by traffic_x."""
     import time
 
     name = default_detector(dataset) if cfg.detector == "default" else cfg.detector
     spec = resolve_spec(name)
     cam = make_cam(model, info, cfg.heatmap_layer, spec.cam)
     t0 = time.perf_counter()
-    probe = probe if probe is not None else cam(surrogate_x)
-    ev = Evidence.from_probe(probe, surrogate_x, info.penultimate)
+    x = surrogate_x
+    if traffic_x is not None:
+        if spec.rule != "calibrated":
+            raise ValueError(f"detector {name!r} uses the {spec.rule} rule; only a calibrated detector can be fitted "
+                             "on unlabelled traffic")
+        if traffic_x.shape[1:] != surrogate_x.shape[1:]:
+            raise ValueError(f"traffic inputs have shape {tuple(traffic_x.shape[1:])}, the surrogate set "
+                             f"{tuple(surrogate_x.shape[1:])}")
+        x = torch.cat([surrogate_x, traffic_x])
+    probe = probe if probe is not None else cam(x)
+    ev = Evidence.from_probe(probe, x, info.penultimate)
     y_pred = probe.predictions
+    if traffic_x is not None:   # a traffic query's "label" is the target's prediction
+        surrogate_y = torch.cat([surrogate_y, y_pred[len(surrogate_x):]])
     scorer = SCORERS[spec.scorer](cfg)
     if spec.rule == "paper":
         scorer.fit(ev, surrogate_y, y_pred)
@@ -210,6 +225,9 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
         info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof)),
                       "calibration_folds": folds}
+        if traffic_x is not None:
+            info_extra.update(threshold_source="surrogate+traffic", fit_source="surrogate+traffic",
+                              n_traffic=len(traffic_x))
         calib = oof
     else:
         raise ValueError(f"unknown threshold rule {spec.rule!r}")

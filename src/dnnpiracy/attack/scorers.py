@@ -34,6 +34,12 @@ class Evidence(dict):
     def take(self, idx: torch.Tensor) -> "Evidence":
         return Evidence({k: v[idx] for k, v in self.items()})
 
+    @classmethod
+    def cat(cls, parts: list["Evidence"]) -> "Evidence":
+        """The batches of ``parts`` one after another (the kinds every part has)."""
+        kinds = [k for k in parts[0] if all(k in p for p in parts)]
+        return cls({k: torch.cat([p[k] for p in parts]) for k in kinds})
+
     def __len__(self) -> int:  # number of samples, not of kinds
         return len(next(iter(self.values()))) if dict.__len__(self) else 0
 
@@ -126,7 +132,12 @@ class MahalanobisScorer(Scorer):
         cov = centred.T @ centred / max(len(centred) - 1, 1)
         d = cov.shape[0]
         target = torch.eye(d, dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-12)
-        self.precision = torch.linalg.pinv((1 - self.shrinkage) * cov + self.shrinkage * target, hermitian=True)
+        shrunk = (1 - self.shrinkage) * cov + self.shrinkage * target
+        # positive definite once shrunk: a Cholesky inverse is ~10x cheaper than the eigendecomposition pinv needs
+        # (this fit runs once per cross-fitting fold); pinv stays the fallback for a degenerate covariance
+        chol, info = torch.linalg.cholesky_ex(shrunk)
+        self.precision = (torch.cholesky_inverse(chol) if int(info) == 0
+                          else torch.linalg.pinv(shrunk, hermitian=True))
         return self
 
     def score(self, ev, y):

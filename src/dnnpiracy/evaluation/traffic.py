@@ -10,15 +10,23 @@ traffic, FPR is measured on the remaining clean inputs, FNR on the trigger input
 ``contaminated=True`` puts the owner's trigger queries into the calibration traffic too (the owner verified while the
 pirate was calibrating): the quantile then lands on trigger scores, which is why the pirate must calibrate before
 serving, or on traffic it trusts.
+
+``traffic_fit`` goes one step further: the scorer itself is fitted on the surrogate set plus the traffic (each traffic
+query standing in for the label the target predicts for it), so the per-class reference sets and covariances grow
+from ~10 to ~60 inputs per class, and the threshold is the conformal quantile of all their out-of-fold scores.  It
+needs the evidence (probes) of every input, not only stored scores.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 
 import torch
 
+from dnnpiracy.attack.scorers import Evidence, Scorer
 from dnnpiracy.attack.thresholds import conformal_threshold
+from dnnpiracy.evaluation.metrics import auroc
 
 
 def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor, target_fpr: float = 0.01,
@@ -47,8 +55,59 @@ def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor
             "threshold_mean": statistics.fmean(thresholds)}
 
 
+def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogate_y: torch.Tensor,
+                surrogate_pred: torch.Tensor, clean: Evidence, clean_pred: torch.Tensor, triggers: Evidence,
+                trigger_pred: torch.Tensor, target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 10,
+                seed: int = 0, folds: int = 20) -> dict:
+    """Over ``repeats`` draws of ``n_traffic`` clean inputs as unlabelled traffic, held-out FPR / trigger FNR / AUROC
+    of three thresholdings of the same scorer design, paired on the draw:
+
+    - ``surrogate``: fitted and thresholded on the surrogate set alone (the tables' rule);
+    - ``threshold``: fitted on the surrogate set, thresholded on the traffic's scores;
+    - ``fit``: fitted and thresholded (out-of-fold) on surrogate + traffic, traffic labelled by ``clean_pred``.
+
+    ``make_scorer`` returns a fresh, unfitted scorer.  The surrogate-only fit does not depend on the draw and runs
+    once."""
+    if not 0 < n_traffic < len(clean_pred):
+        raise ValueError(f"n_traffic must be in [1, {len(clean_pred) - 1}] (there are {len(clean_pred)} clean "
+                         f"inputs), got {n_traffic}")
+    base = make_scorer()
+    base_oof = base.oof_scores(surrogate, surrogate_y, surrogate_pred, folds, seed)
+    base.fit(surrogate, surrogate_y, surrogate_pred)
+    base_clean, base_trig = base.score(clean, clean_pred), base.score(triggers, trigger_pred)
+    base_thr = conformal_threshold(base_oof, target_fpr)
+    gen = torch.Generator().manual_seed(seed)
+    rates: dict[str, dict[str, list[float]]] = {m: {"fpr": [], "fnr": [], "auroc": []}
+                                                for m in ("surrogate", "threshold", "fit")}
+
+    def record(mode: str, held: torch.Tensor, trig: torch.Tensor, thr: float) -> None:
+        rates[mode]["fpr"].append(float((held > thr).double().mean()))
+        rates[mode]["fnr"].append(float((trig <= thr).double().mean()))
+        rates[mode]["auroc"].append(auroc(held, trig))
+
+    for _ in range(repeats):
+        perm = torch.randperm(len(clean_pred), generator=gen)
+        tr, held = perm[:n_traffic], perm[n_traffic:]
+        record("surrogate", base_clean[held], base_trig, base_thr)
+        record("threshold", base_clean[held], base_trig, conformal_threshold(base_clean[tr], target_fpr))
+        ev = Evidence.cat([surrogate, clean.take(tr)])
+        y = torch.cat([surrogate_y, clean_pred[tr]])
+        y_pred = torch.cat([surrogate_pred, clean_pred[tr]])
+        sc = make_scorer()
+        oof = sc.oof_scores(ev, y, y_pred, folds, seed)
+        sc.fit(ev, y, y_pred)
+        record("fit", sc.score(clean.take(held), clean_pred[held]), sc.score(triggers, trigger_pred),
+               conformal_threshold(oof, target_fpr))
+    out = {"target_fpr": target_fpr, "n_traffic": n_traffic, "repeats": repeats, "folds": folds,
+           "n_surrogate": len(surrogate_y), "n_heldout": len(clean_pred) - n_traffic, "n_triggers": len(trigger_pred)}
+    for mode, r in rates.items():
+        for k, v in r.items():
+            out[f"{mode}_{k}_mean"], out[f"{mode}_{k}_std"] = statistics.fmean(v), _sd(v)
+    return out
+
+
 def _sd(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-__all__ = ["traffic_calibration"]
+__all__ = ["traffic_calibration", "traffic_fit"]

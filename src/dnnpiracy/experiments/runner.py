@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dnnpiracy.attack import fit_detector
+from dnnpiracy.attack import fit_detector, resolve_spec
 from dnnpiracy.config import DetectorConfig, TrainConfig, TriggerConfig, paper_tau
 from dnnpiracy.data import Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -92,6 +92,10 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     ev, traffic = splits.evaluation_idx, None
     if cfg.detector.traffic:   # split (and validated) before any training: a bad size loses nothing
         ev, traffic = split_traffic(ev, cfg.detector.traffic, cfg.detector.seed)
+        spec = resolve_spec(cfg.detector.detector, ds.name)
+        if cfg.detector.traffic_use == "fit" and spec.rule != "calibrated":
+            raise ValueError(f"traffic_use='fit' needs a calibrated detector; {cfg.detector.detector!r} uses the "
+                             f"{spec.rule} rule")
     timings["load_data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -103,9 +107,12 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     sur = splits.surrogate_idx
     t0 = time.perf_counter()
     log(f"fitting detector {cfg.detector.detector!r} on {len(sur)} surrogate inputs")
+    fit_on_traffic = traffic is not None and cfg.detector.traffic_use == "fit"
+    if fit_on_traffic:
+        log(f"... and on {len(traffic)} unlabelled clean queries (held out of the evaluation), labelled by the target")
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg.detector, tau, ds.num_classes,
-                       dataset=ds.name)
-    if traffic is not None:
+                       dataset=ds.name, traffic_x=ds.test_x[traffic] if fit_on_traffic else None)
+    if traffic is not None and not fit_on_traffic:
         log(f"re-thresholding on {len(traffic)} unlabelled clean queries (held out of the evaluation)")
         det = det.calibrate_on_traffic(ds.test_x[traffic], cfg.detector.target_fpr)
     timings["fit_detector"] = time.perf_counter() - t0

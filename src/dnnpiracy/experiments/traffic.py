@@ -12,13 +12,18 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
-from dnnpiracy.attack import default_detector, resolve_spec
+from dnnpiracy.attack import SCORERS, default_detector, make_cam, resolve_spec
+from dnnpiracy.attack.scorers import Evidence
+from dnnpiracy.config import DetectorConfig, TriggerConfig
+from dnnpiracy.data import Dataset, make_splits
 from dnnpiracy.evaluation.plots import traffic_figure
-from dnnpiracy.evaluation.traffic import traffic_calibration
+from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
 from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
-from dnnpiracy.experiments.runner import default_cache_dir
+from dnnpiracy.experiments.runner import default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.models import arch_info
 
 
 def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Path, target_fpr: float = 0.01,
@@ -130,4 +135,107 @@ def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_d
     return {"rows": rows, "meta": meta}
 
 
-__all__ = ["spec_traffic_rows", "traffic_rows", "bar_check", "traffic_markdown", "write_traffic_study"]
+def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: Path, target_fpr: float = 0.01,
+                          n_traffic: int = 500, repeats: int = 10, max_clean: int | None = None,
+                          progress: bool = True) -> list[dict]:
+    """One table's finished cells of the dataset's default design, refitted on surrogate + traffic
+    (evaluation/traffic.py ``traffic_fit``).  Needs the cached targets (probes every clean evaluation input, or a
+    seeded ``max_clean`` of them); trains nothing: a cell whose JSON is not in the cache is skipped."""
+    design = default_detector(ds.name)
+    cells = [c for c in table_cells(spec, profile, ds.name)
+             if c.detector == design and (cache_dir / "cells" / f"{c.key()}.json").exists()]
+    groups: dict[tuple, list[dict]] = {}
+    for cell in tqdm(cells, desc=f"table {spec['id']} traffic fit", unit="cell", disable=not progress):
+        splits = make_splits(ds.test_y, 0.05, cell.seed)      # as run_cell: the same surrogate and evaluation
+        trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
+        target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
+        info = arch_info(cell.arch, cell.train.stem)
+        cam = make_cam(target.model, info)
+        sur, ev = splits.surrogate_idx, splits.evaluation_idx
+        if max_clean is not None and len(ev) > max_clean:
+            ev = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(cell.seed))[:max_clean]]
+        evidence = {}
+        for name, x in (("surrogate", ds.test_x[sur]), ("clean", ds.test_x[ev]), ("triggers", target.triggers.images)):
+            probe = cam(x)
+            evidence[name] = (Evidence.from_probe(probe, x, info.penultimate), probe.predictions)
+        cfg = DetectorConfig(detector=design, seed=cell.seed)
+        r = traffic_fit(lambda: SCORERS[resolve_spec(design).scorer](cfg), evidence["surrogate"][0],
+                        ds.test_y[sur], evidence["surrogate"][1], *evidence["clean"], *evidence["triggers"],
+                        target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds)
+        groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append({"seed": cell.seed, **r})
+    rows = []
+    for (label, arch, blocks, det), per in sorted(groups.items()):
+        means = {k: statistics.fmean(p[k] for p in per) for k in per[0] if k.endswith("_mean")}
+        rows.append({"table": spec["id"], "dataset": ds.name, "profile": profile.name, "trigger_label": label,
+                     "arch": arch, "blocks": blocks, "detector": det, "seeds": [p["seed"] for p in per],
+                     "n_clean": per[0]["n_heldout"] + n_traffic, "n_surrogate": per[0]["n_surrogate"],
+                     "repeats": repeats, **means})
+    return rows
+
+
+def traffic_fit_markdown(rows: list[dict], meta: dict) -> str:
+    lines = ["# Detector fitted on surrogate + unlabelled traffic", "",
+             f"Profile `{meta['profile']}`, target FPR {meta['target_fpr']}, the dataset's default detector. In "
+             f"each of {meta['repeats']} draws per cell, {meta['n_traffic']} clean evaluation inputs play the "
+             "pirate's first, unlabelled traffic"
+             + (f" (out of a seeded {meta['max_clean']} of the clean evaluation inputs)" if meta.get("max_clean")
+                else "")
+             + "; FPR is measured on the clean inputs not drawn, FNR on the 15 trigger inputs. Three thresholdings, "
+             "paired on the same draws: **surrogate** = fitted and thresholded on the ~100 (mnist-10k) / 500 "
+             "(Fashion-MNIST) labelled surrogate inputs alone (the tables' rule); **threshold** = the same scorer, "
+             "threshold re-set on the traffic's scores; **fit** = scorer fitted and thresholded (out-of-fold, "
+             "split-conformal) on surrogate + traffic, each traffic query labelled by the target's prediction. Rates "
+             "are means over seeds and draws.", ""]
+    for mode in ("surrogate", "threshold", "fit"):
+        for key in sorted({(r["table"], r["dataset"]) for r in rows}):
+            mine = [r for r in rows if (r["table"], r["dataset"]) == key]
+            if key[1] not in BARS:
+                continue
+            max_fpr, max_fnr = BARS[key[1]]
+            failing = [r for r in mine if r[f"{mode}_fpr_mean"] > max_fpr or r[f"{mode}_fnr_mean"] > max_fnr]
+            verdict = "met" if not failing else f"NOT met in {len(failing)} of {len(mine)}"
+            lines.append(f"- Table {key[0]} ({key[1]}), {mode}: bar FPR <= {max_fpr}, FNR <= {max_fnr} {verdict} "
+                         f"(worst FPR {max(r[f'{mode}_fpr_mean'] for r in mine):.4f}, worst FNR "
+                         f"{max(r[f'{mode}_fnr_mean'] for r in mine):.3f}, mean FNR "
+                         f"{statistics.fmean(r[f'{mode}_fnr_mean'] for r in mine):.3f})")
+    lines += ["", "| table | label | arch | blocks | detector | seeds | AUROC surrogate | AUROC fit | FPR surrogate | "
+                  "FNR surrogate | FPR threshold | FNR threshold | FPR fit | FNR fit |", "|---" * 14 + "|"]
+    for r in rows:
+        lines.append(f"| {r['table']} | {r['trigger_label']} | {r['arch']} | {r['blocks']} | {r['detector']} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['surrogate_auroc_mean']:.4f} | "
+                     f"{r['fit_auroc_mean']:.4f} | "
+                     f"{r['surrogate_fpr_mean']:.4f} | {r['surrogate_fnr_mean']:.3f} | "
+                     f"{r['threshold_fpr_mean']:.4f} | {r['threshold_fnr_mean']:.3f} | "
+                     f"{r['fit_fpr_mean']:.4f} | {r['fit_fnr_mean']:.3f} |")
+    lines += ["", f"Wall time {meta['wall_seconds']:.0f} s on {meta['device']} (probes of cached targets and "
+                  f"{meta['repeats']} refits per cell; no training). Command `{meta['command']}`, commit "
+                  f"{meta['git_commit']}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_traffic_fit_study(tables: list[str], profile_name: str, out: Path, cache_dir: Path | None = None,
+                            data_dir: str | None = None, target_fpr: float = 0.01, n_traffic: int = 500,
+                            repeats: int = 10, max_clean: int | None = None, command: str = "") -> dict:
+    t0 = time.perf_counter()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    rows = []
+    for table in tables:
+        spec = load_table(table)
+        ds = resolve_dataset(spec["dataset"], data_dir)
+        rows += spec_traffic_fit_rows(spec, PROFILES[profile_name], ds, cache_dir, target_fpr, n_traffic, repeats,
+                                      max_clean)
+    if not rows:
+        raise ValueError(f"no finished cells of the default detector for tables {','.join(tables)} (profile "
+                         f"{profile_name}) in the cache: run `dnnpiracy reproduce` first")
+    meta = {"profile": profile_name, "tables": tables, "target_fpr": target_fpr, "n_traffic": n_traffic,
+            "repeats": repeats, "max_clean": max_clean, "wall_seconds": time.perf_counter() - t0,
+            "device": f"cpu ({torch.get_num_threads()} threads)", "command": command, "git_commit": git_commit()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(out.with_suffix(".json"), {"rows": rows, "meta": meta})
+    atomic_write_text(out.with_suffix(".md"), traffic_fit_markdown(rows, meta))
+    return {"rows": rows, "meta": meta}
+
+
+__all__ = ["spec_traffic_rows", "traffic_rows", "bar_check", "traffic_markdown", "write_traffic_study",
+           "spec_traffic_fit_rows", "traffic_fit_markdown", "write_traffic_fit_study"]
