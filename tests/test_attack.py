@@ -77,7 +77,7 @@ def test_knn_and_mahalanobis_rank_outliers():
 
 def test_mahalanobis_precision_is_the_inverse_of_the_shrunk_covariance():
     gen = torch.Generator().manual_seed(1)
-    X = torch.randn(30, 50, generator=gen)            # fewer samples than dimensions: only shrinkage makes it invertible
+    X = torch.randn(30, 50, generator=gen)  # fewer samples than dims: only shrinkage inverts it
     y = torch.arange(30) % 3
     sc = MahalanobisScorer("features", shrinkage=0.1).fit(Evidence(features=X), y)
     Xd = X.double()

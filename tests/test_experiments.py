@@ -93,3 +93,33 @@ def test_bar_summary_applies_the_issue_bar_per_dataset():
     assert not bad["met"] and bad["failing"] == [(0, "resnet18", 4), (1, "resnet18", 4)]
     assert bar_summary([row(0, 0.0, 0.0, "digits-tiny")], "d") is None       # no bar for that dataset
     assert bar_summary([row(0, 0.0, 0.0)], "missing") is None
+
+
+def test_traffic_fit_study_refits_the_default_and_caches_per_cell(tmp_path, monkeypatch):
+    spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
+            "blocks": [4], "taus": [2.0], "detectors": ["default"], "seeds": [0], "target_fprs": [0.05]}
+    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile")
+    # digits-tiny's surrogate set holds one input per class, too few for the ensembles' cross-fitting: a 1-NN default
+    import dnnpiracy.experiments.reproduce as rep
+    from dnnpiracy.experiments import traffic as tf
+    monkeypatch.setattr(rep, "default_detector", lambda name=None: "knn-input")
+    monkeypatch.setattr(tf, "default_detector", lambda name=None: "knn-input")
+    reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
+    from dnnpiracy.data import load_dataset
+    ds = load_dataset("digits-tiny")
+    rows = tf.spec_traffic_fit_rows(spec, prof, ds, tmp_path / "cache", target_fpr=0.05, n_traffic=60, repeats=2,
+                                    progress=False)
+    assert len(rows) == 1 and rows[0]["seeds"] == [0] and rows[0]["n_surrogate"] == 10
+    r = rows[0]
+    assert r["n_clean"] == 190 and all(0 <= r[f"{m}_{k}_mean"] <= 1 for m in ("surrogate", "threshold", "fit")
+                                       for k in ("fpr", "fnr", "auroc"))
+    cell = json.loads(next((tmp_path / "cache" / "cells").glob("*.json")).read_text())
+    assert r["surrogate_fnr_mean"] == cell["results"][0]["fnr"]     # the same fitted design as the table's cell
+    assert len(list((tmp_path / "cache" / "traffic_fit").glob("*.json"))) == 1
+    # a second study with the same parameters reads the cache: no target is loaded
+    monkeypatch.setattr(tf, "get_target", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert tf.spec_traffic_fit_rows(spec, prof, ds, tmp_path / "cache", target_fpr=0.05, n_traffic=60, repeats=2,
+                                    progress=False) == rows
+    md = tf.traffic_fit_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 60, "repeats": 2,
+                                        "wall_seconds": 0.0, "device": "cpu", "command": "x", "git_commit": "y"})
+    assert "| 1 | 0 | small-cnn | 4 |" in md

@@ -21,7 +21,7 @@ from dnnpiracy.data import Dataset, make_splits
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
 from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
-from dnnpiracy.experiments.runner import default_cache_dir, get_target
+from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
 
@@ -146,6 +146,14 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
              if c.detector == design and (cache_dir / "cells" / f"{c.key()}.json").exists()]
     groups: dict[tuple, list[dict]] = {}
     for cell in tqdm(cells, desc=f"table {spec['id']} traffic fit", unit="cell", disable=not progress):
+        # cached per cell and study parameters, so an interrupted study resumes and tables can be rendered apart
+        key = config_key({"cell": cell.key(), "target_fpr": target_fpr, "n_traffic": n_traffic, "repeats": repeats,
+                          "max_clean": max_clean, "v": 1})
+        path = cache_dir / "traffic_fit" / f"{key}.json"
+        if path.exists():
+            r = read_json(path)
+            groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
+            continue
         splits = make_splits(ds.test_y, 0.05, cell.seed)      # as run_cell: the same surrogate and evaluation
         trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
         target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
@@ -162,7 +170,9 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
         r = traffic_fit(lambda: SCORERS[resolve_spec(design).scorer](cfg), evidence["surrogate"][0],
                         ds.test_y[sur], evidence["surrogate"][1], *evidence["clean"], *evidence["triggers"],
                         target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds)
-        groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append({"seed": cell.seed, **r})
+        r = {"seed": cell.seed, **r, "git_commit": git_commit()}
+        write_json(path, r)
+        groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
     rows = []
     for (label, arch, blocks, det), per in sorted(groups.items()):
         means = {k: statistics.fmean(p[k] for p in per) for k in per[0] if k.endswith("_mean")}
