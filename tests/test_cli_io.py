@@ -141,3 +141,10 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
                           "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "calibrated detector" in res.output
     assert not (tmp_path / "cache2" / "targets").exists()          # rejected before any training
+
+
+def test_traffic_studies_reject_bad_tables(tmp_path):
+    r = CliRunner()
+    for cmd in ("traffic-calibration", "traffic-fit"):
+        res = r.invoke(main, [cmd, "--tables", "1,5", "--cache-dir", str(tmp_path)])
+        assert res.exit_code == 2 and "tables must be among 1,2,3,4" in res.output

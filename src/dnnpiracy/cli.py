@@ -279,6 +279,14 @@ def reproduce(table, profile, out, max_cells, cached_only, cache_dir, data_dir):
                    f"{Path(out) / f'table{t}.md'}")
 
 
+def _study_tables(tables: str) -> list[str]:
+    """--tables of the traffic studies: a comma-separated subset of Tables I-IV (Table V sweeps thresholds)."""
+    chosen = [t.strip() for t in tables.split(",") if t.strip()]
+    if not chosen or any(t not in ("1", "2", "3", "4") for t in chosen):
+        raise click.BadParameter(f"tables must be among 1,2,3,4; got {tables!r}", param_hint="--tables")
+    return chosen
+
+
 @main.command("traffic-calibration")
 @click.option("--tables", default="1,2,3,4", show_default=True, help="comma-separated tables among 1-4")
 @click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True)
@@ -295,10 +303,7 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
     """Re-threshold the calibrated detectors of finished `reproduce` cells on unlabelled traffic (from cached
     scores: trains nothing) and compare with the surrogate-calibrated threshold."""
     from dnnpiracy.experiments.traffic import write_traffic_study
-    chosen = [t.strip() for t in tables.split(",") if t.strip()]
-    bad = [t for t in chosen if t not in ("1", "2", "3", "4")]
-    if bad or not chosen:
-        raise click.BadParameter(f"tables must be among 1,2,3,4; got {tables!r}", param_hint="--tables")
+    chosen = _study_tables(tables)
     out = Path(out)
     try:
         res = write_traffic_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir, target_fpr,
@@ -328,10 +333,7 @@ def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out,
     targets: trains nothing), beside the surrogate-fitted detector thresholded on the surrogate set or on the
     traffic."""
     from dnnpiracy.experiments.traffic import write_traffic_fit_study
-    chosen = [t.strip() for t in tables.split(",") if t.strip()]
-    bad = [t for t in chosen if t not in ("1", "2", "3", "4")]
-    if bad or not chosen:
-        raise click.BadParameter(f"tables must be among 1,2,3,4; got {tables!r}", param_hint="--tables")
+    chosen = _study_tables(tables)
     out = Path(out)
     try:
         res = write_traffic_fit_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir,
