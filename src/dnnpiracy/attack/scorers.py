@@ -133,7 +133,7 @@ class MahalanobisScorer(Scorer):
         d = cov.shape[0]
         target = torch.eye(d, dtype=cov.dtype) * cov.diagonal().mean().clamp_min(1e-12)
         shrunk = (1 - self.shrinkage) * cov + self.shrinkage * target
-        # positive definite once shrunk: a Cholesky inverse is ~10x cheaper than the eigendecomposition pinv needs
+        # positive definite once shrunk: a Cholesky inverse is several times cheaper than pinv's eigendecomposition
         # (this fit runs once per cross-fitting fold); pinv stays the fallback for a degenerate covariance
         chol, info = torch.linalg.cholesky_ex(shrunk)
         self.precision = (torch.cholesky_inverse(chol) if int(info) == 0
