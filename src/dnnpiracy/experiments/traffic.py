@@ -66,7 +66,8 @@ def traffic_rows(tables: list[str], profile_name: str, cache_dir: Path | None = 
 
 
 def bar_check(rows: list[dict], detector: str, source: str) -> dict[tuple[str, str], dict]:
-    """Per (table, dataset): is the bar met by ``detector`` with the ``source`` ('surrogate' or 'traffic') threshold?"""
+    """Per (table, dataset): is the bar met by ``detector`` with the ``source`` threshold?  ``source`` names the
+    rows' ``{source}_fpr_mean`` / ``{source}_fnr_mean`` keys ('surrogate', 'traffic'; 'threshold', 'fit')."""
     out = {}
     for key in sorted({(r["table"], r["dataset"]) for r in rows}):
         mine = [r for r in rows if (r["table"], r["dataset"]) == key and r["detector"] == detector]
@@ -197,17 +198,12 @@ def traffic_fit_markdown(rows: list[dict], meta: dict) -> str:
              "split-conformal) on surrogate + traffic, each traffic query labelled by the target's prediction. Rates "
              "are means over seeds and draws.", ""]
     for mode in ("surrogate", "threshold", "fit"):
-        for key in sorted({(r["table"], r["dataset"]) for r in rows}):
-            mine = [r for r in rows if (r["table"], r["dataset"]) == key]
-            if key[1] not in BARS:
-                continue
-            max_fpr, max_fnr = BARS[key[1]]
-            failing = [r for r in mine if r[f"{mode}_fpr_mean"] > max_fpr or r[f"{mode}_fnr_mean"] > max_fnr]
-            verdict = "met" if not failing else f"NOT met in {len(failing)} of {len(mine)}"
-            lines.append(f"- Table {key[0]} ({key[1]}), {mode}: bar FPR <= {max_fpr}, FNR <= {max_fnr} {verdict} "
-                         f"(worst FPR {max(r[f'{mode}_fpr_mean'] for r in mine):.4f}, worst FNR "
-                         f"{max(r[f'{mode}_fnr_mean'] for r in mine):.3f}, mean FNR "
-                         f"{statistics.fmean(r[f'{mode}_fnr_mean'] for r in mine):.3f})")
+        for det in sorted({r["detector"] for r in rows}):
+            for (table, ds), b in bar_check(rows, det, mode).items():
+                verdict = "met" if b["met"] else f"NOT met in {b['failing']} of {b['configurations']}"
+                lines.append(f"- Table {table} ({ds}), {mode}: bar FPR <= {BARS[ds][0]}, FNR <= {BARS[ds][1]} "
+                             f"{verdict} (worst FPR {b['worst_fpr']:.4f}, worst FNR {b['worst_fnr']:.3f}, "
+                             f"mean FNR {b['mean_fnr']:.3f})")
     lines += ["", "| table | label | arch | blocks | detector | seeds | AUROC surrogate | AUROC fit | FPR surrogate | "
                   "FNR surrogate | FPR threshold | FNR threshold | FPR fit | FNR fit |", "|---" * 14 + "|"]
     for r in rows:
