@@ -100,6 +100,13 @@ def test_threshold_rules():
     assert conformal_threshold(scores, 0.001) == float("inf")
 
 
+def test_cross_fitting_needs_two_surrogate_inputs_per_class():
+    from dnnpiracy.attack import check_cross_fitting
+    check_cross_fitting(torch.tensor([0, 0, 1, 1, 2, 2]))           # 2 per class: fine
+    with pytest.raises(ValueError, match=r"class\(es\) \[1, 2\] have 1 \(4 surrogate inputs"):
+        check_cross_fitting(torch.tensor([0, 0, 1, 2]))
+
+
 def test_strategies():
     gen = torch.Generator().manual_seed(0)
     logits = torch.tensor([[5.0, 4.0, 0.0], [0.0, 1.0, 3.0]]).repeat(50, 1)

@@ -119,8 +119,8 @@ def test_watermark_and_verify_commands(tmp_path):
 
 def test_run_with_traffic_calibrated_threshold(tmp_path):
     r = CliRunner()
-    base = ["run", "--quick", "--dataset", "digits-tiny", "--detector", "knn-input", "--cache-dir",
-            str(tmp_path / "cache")]
+    base = ["run", "--quick", "--dataset", "digits-tiny", "--detector", "knn-input", "--surrogate-fraction", "0.2",
+            "--cache-dir", str(tmp_path / "cache")]
     res = r.invoke(main, [*base, "--traffic", "100000", "--out", str(tmp_path / "bad")])
     assert res.exit_code == 2 and "traffic must be in" in res.output
     assert not (tmp_path / "cache" / "targets").exists()          # rejected before any training
@@ -129,7 +129,7 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
     rep = json.loads((tmp_path / "run" / "report.json").read_text())
     assert rep["traffic_size"] == 40 and rep["detector_spec"]["threshold_source"] == "traffic"
     assert rep["detector_spec"]["n_traffic"] == 40 and rep["n_clean"] == rep["evaluation_size"]
-    assert rep["evaluation_size"] + 40 + rep["surrogate_size"] == 200   # digits-tiny: 200 test images
+    assert rep["surrogate_size"] == 40 and rep["evaluation_size"] + 40 + 40 == 200   # digits-tiny: 200 test images
     res = r.invoke(main, [*base, "--traffic", "40", "--traffic-use", "fit", "--target-fpr", "0.05", "--out",
                           str(tmp_path / "fit")])
     assert res.exit_code == 0, res.output
@@ -141,6 +141,14 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
                           "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "calibrated detector" in res.output
     assert not (tmp_path / "cache2" / "targets").exists()          # rejected before any training
+
+
+def test_calibrated_rule_with_one_surrogate_input_per_class_is_rejected_before_training(tmp_path):
+    # digits-tiny at the paper's 5 %: 10 surrogate inputs, 1 per class, nothing to cross-fit a class on
+    res = CliRunner().invoke(main, ["run", "--quick", "--dataset", "digits-tiny", "--cache-dir", str(tmp_path),
+                                    "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "at least 2 inputs per class" in res.output and "--surrogate-fraction" in res.output
+    assert not (tmp_path / "targets").exists()
 
 
 def test_traffic_studies_reject_bad_tables(tmp_path):

@@ -183,6 +183,8 @@ def owner_report(watermarked, clean, out):
 @click.option("--traffic-use", type=click.Choice(["threshold", "fit"]), default="threshold", show_default=True,
               help="threshold: re-set only the threshold on the traffic; fit: fit the scorer on surrogate + traffic "
                    "(traffic labelled by the target's predictions) and threshold on both")
+@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+              show_default=True, help="share of the test set (stratified) the attacker holds labelled (paper: 5 %)")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
@@ -193,7 +195,7 @@ def owner_report(watermarked, clean, out):
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
 def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, traffic, traffic_use,
-        gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
+        surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
     from dnnpiracy.experiments.runner import run as run_fn
@@ -204,7 +206,8 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
                                           pattern=trigger_pattern),
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
                                             heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs),
-                                            traffic=traffic, traffic_use=traffic_use),
+                                            traffic=traffic, traffic_use=traffic_use,
+                                            surrogate_fraction=surrogate_fraction),
                     strategy=strategy, data_dir=data_dir)
     run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
     click.echo((Path(out) / "summary.md").read_text())

@@ -8,6 +8,7 @@ from dnnpiracy.attack.detector import (
                                        Detector,
                                        DetectorSpec,
                                        Inspection,
+                                       check_cross_fitting,
                                        default_detector,
                                        fit_detector,
                                        make_cam,
@@ -25,7 +26,7 @@ from dnnpiracy.attack.scorers import (
                                        Scorer,
 )
 
-__all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector",
+__all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
            "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
            "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "EnsembleScorer", "Evidence",

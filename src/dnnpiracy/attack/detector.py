@@ -182,6 +182,18 @@ def make_cam(model: nn.Module, info: ArchInfo, layer: str | None = None, method:
     return CAM_METHODS[method](model, layer or info.heatmap_layer, info.feature_layers, batch_size)
 
 
+def check_cross_fitting(surrogate_y: torch.Tensor) -> None:
+    """The calibrated rule scores each surrogate input by a scorer fitted without it, against the inputs of its own
+    class: that needs at least 2 labelled inputs in every class present.  Raises ValueError naming the classes."""
+    labels, counts = torch.unique(surrogate_y, return_counts=True)
+    thin = [int(c) for c, n in zip(labels, counts) if n < 2]
+    if thin:
+        raise ValueError(
+            f"the calibrated rule cross-fits on the surrogate set and needs at least 2 inputs per class; class(es) "
+            f"{thin} have 1 ({len(surrogate_y)} surrogate inputs in all): raise the surrogate fraction "
+            "(run --surrogate-fraction) or use the paper rule (--detector paper)")
+
+
 def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, surrogate_y: torch.Tensor,
                  cfg: DetectorConfig, tau: float, num_classes: int = 10, probe: Probe | None = None,
                  dataset: str | None = None, traffic_x: torch.Tensor | None = None) -> Detector:
@@ -219,6 +231,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         info_extra = {"rule": "paper", "tau": tau, "alpha": (thresholds - tau).tolist()}
         calib = in_sample
     elif spec.rule == "calibrated":
+        check_cross_fitting(surrogate_y)
         folds = min(cfg.calibration_folds, 5) if isinstance(scorer, DCGANScorer) else cfg.calibration_folds
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
         scorer.fit(ev, surrogate_y, y_pred)
@@ -237,5 +250,5 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
 
 
 __all__ = ["DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR",
-           "DEFAULT_BY_DATASET", "default_detector", "resolve_spec",
+           "DEFAULT_BY_DATASET", "default_detector", "resolve_spec", "check_cross_fitting",
            "make_cam", "fit_detector", "GanConfig"]

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from dnnpiracy.attack import default_detector, fit_detector, make_cam
 from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig
-from dnnpiracy.data import DataError, Dataset, load_dataset, make_splits
+from dnnpiracy.data import DataError, Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.evaluation.metrics import wilson_interval
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target, target_key
@@ -42,6 +42,7 @@ class Profile:
     arch_map: dict[str, str]          # the paper's arch -> the arch used (tables other than III)
     keep_archs: bool                  # Table III keeps its architectures
     note: str
+    surrogate_fraction: float = DetectorConfig.surrogate_fraction   # the attacker's labelled share (paper: 5 %)
 
 
 PROFILES = {
@@ -90,9 +91,17 @@ class Cell:
     gan_epochs: int
     taus: tuple[float, ...] = ()           # the sweep is part of the key: a cell stores one result per value
     target_fprs: tuple[float, ...] = ()
+    surrogate_fraction: float = DetectorConfig.surrogate_fraction
 
     def key(self) -> str:
-        return config_key({**asdict(self), "v": 1})
+        d = asdict(self)
+        if d["surrogate_fraction"] == 0.05:    # cells at the paper's 5 % keep the keys they had before the field
+            del d["surrogate_fraction"]
+        return config_key({**d, "v": 1})
+
+    def splits(self, ds: Dataset) -> Splits:
+        """The cell's surrogate / evaluation split of the test set (seeded by the cell's seed)."""
+        return make_splits(ds.test_y, self.surrogate_fraction, self.seed)
 
 
 def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
@@ -109,7 +118,7 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                     for det in designs:
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
-                                          tuple(spec.get("target_fprs", [0.01]))))
+                                          tuple(spec.get("target_fprs", [0.01])), profile.surrogate_fraction))
     return cells
 
 
@@ -120,7 +129,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     if path.exists():
         return read_json(path)
     t0 = time.perf_counter()
-    splits = make_splits(ds.test_y, 0.05, cell.seed)
+    splits = cell.splits(ds)
     trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
     target = get_target(ds, splits, cell.train, trigger, cache_dir, progress, log)
     info = arch_info(cell.arch, cell.train.stem)
@@ -388,7 +397,7 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
         written.append(path)
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:
-        splits = make_splits(ds.test_y, 0.05, first.seed)
+        splits = first.splits(ds)
         trigger = TriggerConfig(trigger_label=first.trigger_label, blocks=first.blocks, seed=first.seed)
         cached = (cache_dir / "targets" / target_key(ds.name, first.train, trigger, splits)).exists()
         if not (cached or train_missing):

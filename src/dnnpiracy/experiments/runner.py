@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from dnnpiracy.attack import fit_detector, resolve_spec
+from dnnpiracy.attack import check_cross_fitting, fit_detector, resolve_spec
 from dnnpiracy.config import DetectorConfig, TrainConfig, TriggerConfig, paper_tau
 from dnnpiracy.data import Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -90,12 +90,16 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     ds = load_dataset(cfg.dataset, cfg.data_dir)
     splits = make_splits(ds.test_y, cfg.detector.surrogate_fraction, cfg.detector.seed)
     ev, traffic = splits.evaluation_idx, None
-    if cfg.detector.traffic:   # split (and validated) before any training: a bad size loses nothing
+    spec = resolve_spec(cfg.detector.detector, ds.name)
+    fit_on_traffic = bool(cfg.detector.traffic) and cfg.detector.traffic_use == "fit"
+    # everything that can be checked is checked before any training: a bad option loses nothing
+    if cfg.detector.traffic:
         ev, traffic = split_traffic(ev, cfg.detector.traffic, cfg.detector.seed)
-        spec = resolve_spec(cfg.detector.detector, ds.name)
-        if cfg.detector.traffic_use == "fit" and spec.rule != "calibrated":
+        if fit_on_traffic and spec.rule != "calibrated":
             raise ValueError(f"traffic_use='fit' needs a calibrated detector; {cfg.detector.detector!r} uses the "
                              f"{spec.rule} rule")
+    if spec.rule == "calibrated" and not fit_on_traffic:   # (traffic adds inputs only the target can label)
+        check_cross_fitting(ds.test_y[splits.surrogate_idx])
     timings["load_data"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -107,7 +111,6 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
     sur = splits.surrogate_idx
     t0 = time.perf_counter()
     log(f"fitting detector {cfg.detector.detector!r} on {len(sur)} surrogate inputs")
-    fit_on_traffic = traffic is not None and cfg.detector.traffic_use == "fit"
     if fit_on_traffic:
         log(f"... and on {len(traffic)} unlabelled clean queries (held out of the evaluation), labelled by the target")
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg.detector, tau, ds.num_classes,

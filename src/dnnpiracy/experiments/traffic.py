@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from dnnpiracy.attack import SCORERS, default_detector, make_cam, resolve_spec
 from dnnpiracy.attack.scorers import Evidence
 from dnnpiracy.config import DetectorConfig, TriggerConfig
-from dnnpiracy.data import Dataset, make_splits
+from dnnpiracy.data import Dataset
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
 from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
@@ -155,7 +155,7 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
             r = read_json(path)
             groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
             continue
-        splits = make_splits(ds.test_y, 0.05, cell.seed)      # as run_cell: the same surrogate and evaluation
+        splits = cell.splits(ds)      # as run_cell: the same surrogate and evaluation
         trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
         target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
         info = arch_info(cell.arch, cell.train.stem)
