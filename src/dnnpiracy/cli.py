@@ -48,7 +48,8 @@ def _data_dir_option(f):
 @main.command()
 @click.argument("name", type=click.Choice(DATASET_CHOICES))
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05)
+@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DetectorConfig.surrogate_fraction)
 @click.option("--seed", type=int, default=0, help="surrogate split seed")
 @click.option("--no-download", is_flag=True, help="never download; fail if the files are not local")
 @_data_dir_option
@@ -183,7 +184,8 @@ def owner_report(watermarked, clean, out):
 @click.option("--traffic-use", type=click.Choice(["threshold", "fit"]), default="threshold", show_default=True,
               help="threshold: re-set only the threshold on the traffic; fit: fit the scorer on surrogate + traffic "
                    "(traffic labelled by the target's predictions) and threshold on both")
-@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.05,
+@click.option("--surrogate-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=DetectorConfig.surrogate_fraction,
               show_default=True, help="share of the test set (stratified) the attacker holds labelled (paper: 5 %)")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True)
 @click.option("--heatmap-layer", default=None, help="Grad-CAM layer (default: the arch's >= 7x7 stage)")
