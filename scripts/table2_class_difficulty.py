@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from dnnpiracy.attack import default_detector
-from dnnpiracy.config import TriggerConfig
 from dnnpiracy.data import load_dataset
 from dnnpiracy.experiments.reproduce import PROFILES, load_table, table_cells
 from dnnpiracy.experiments.runner import default_cache_dir, get_target, target_key
@@ -53,7 +52,7 @@ def main() -> None:
     acc: dict[int, list[list[float]]] = {}
     for cell in cells:
         splits = cell.splits(ds)
-        trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
+        trigger = cell.trigger_config()
         if not (cache / "targets" / target_key(ds.name, cell.train, trigger, splits)).exists():
             sys.exit(f"target of trigger label {cell.trigger_label}, seed {cell.seed} is not cached: run "
                      "`dnnpiracy reproduce --table 2 --profile cpu` first")

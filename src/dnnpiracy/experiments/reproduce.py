@@ -103,6 +103,10 @@ class Cell:
         """The cell's surrogate / evaluation split of the test set (seeded by the cell's seed)."""
         return make_splits(ds.test_y, self.surrogate_fraction, self.seed)
 
+    def trigger_config(self) -> TriggerConfig:
+        """The owner's watermark of the cell's target (seeded by the cell's seed)."""
+        return TriggerConfig(trigger_label=self.trigger_label, blocks=self.blocks, seed=self.seed)
+
 
 def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
     cells = []
@@ -130,7 +134,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
         return read_json(path)
     t0 = time.perf_counter()
     splits = cell.splits(ds)
-    trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
+    trigger = cell.trigger_config()
     target = get_target(ds, splits, cell.train, trigger, cache_dir, progress, log)
     info = arch_info(cell.arch, cell.train.stem)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
@@ -398,7 +402,7 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:
         splits = first.splits(ds)
-        trigger = TriggerConfig(trigger_label=first.trigger_label, blocks=first.blocks, seed=first.seed)
+        trigger = first.trigger_config()
         cached = (cache_dir / "targets" / target_key(ds.name, first.train, trigger, splits)).exists()
         if not (cached or train_missing):
             return written

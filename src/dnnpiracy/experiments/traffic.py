@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from dnnpiracy.attack import SCORERS, default_detector, make_cam, resolve_spec
 from dnnpiracy.attack.scorers import Evidence
-from dnnpiracy.config import DetectorConfig, TriggerConfig
+from dnnpiracy.config import DetectorConfig
 from dnnpiracy.data import Dataset
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
@@ -156,7 +156,7 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
             groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
             continue
         splits = cell.splits(ds)      # as run_cell: the same surrogate and evaluation
-        trigger = TriggerConfig(trigger_label=cell.trigger_label, blocks=cell.blocks, seed=cell.seed)
+        trigger = cell.trigger_config()
         target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
         info = arch_info(cell.arch, cell.train.stem)
         cam = make_cam(target.model, info)
