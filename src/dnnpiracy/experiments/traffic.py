@@ -20,7 +20,7 @@ from dnnpiracy.config import DetectorConfig
 from dnnpiracy.data import Dataset
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
-from dnnpiracy.experiments.reproduce import BARS, PROFILES, Profile, load_table, resolve_dataset, table_cells
+from dnnpiracy.experiments.reproduce import BARS, PROFILES, Cell, Profile, load_table, resolve_dataset, table_cells
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
@@ -136,6 +136,27 @@ def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_d
     return {"rows": rows, "meta": meta}
 
 
+def _traffic_fit_cell(cell: Cell, ds: Dataset, cache_dir: Path, design: str, target_fpr: float, n_traffic: int,
+                      repeats: int, max_clean: int | None) -> dict:
+    """One finished cell's cached target probed once; its default design fitted three ways per traffic draw."""
+    splits = cell.splits(ds)      # as run_cell: the same surrogate and evaluation
+    trigger = cell.trigger_config()
+    target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
+    info = arch_info(cell.arch, cell.train.stem)
+    cam = make_cam(target.model, info)
+    sur, ev = splits.surrogate_idx, splits.evaluation_idx
+    if max_clean is not None and len(ev) > max_clean:
+        ev = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(cell.seed))[:max_clean]]
+    evidence = {}
+    for name, x in (("surrogate", ds.test_x[sur]), ("clean", ds.test_x[ev]), ("triggers", target.triggers.images)):
+        probe = cam(x)
+        evidence[name] = (Evidence.from_probe(probe, x, info.penultimate), probe.predictions)
+    cfg = DetectorConfig(detector=design, seed=cell.seed)
+    return traffic_fit(lambda: SCORERS[resolve_spec(design).scorer](cfg), evidence["surrogate"][0],
+                       ds.test_y[sur], evidence["surrogate"][1], *evidence["clean"], *evidence["triggers"],
+                       target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds)
+
+
 def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: Path, target_fpr: float = 0.01,
                           n_traffic: int = 500, repeats: int = 10, max_clean: int | None = None,
                           progress: bool = True) -> list[dict]:
@@ -153,26 +174,10 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
         path = cache_dir / "traffic_fit" / f"{key}.json"
         if path.exists():
             r = read_json(path)
-            groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
-            continue
-        splits = cell.splits(ds)      # as run_cell: the same surrogate and evaluation
-        trigger = cell.trigger_config()
-        target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
-        info = arch_info(cell.arch, cell.train.stem)
-        cam = make_cam(target.model, info)
-        sur, ev = splits.surrogate_idx, splits.evaluation_idx
-        if max_clean is not None and len(ev) > max_clean:
-            ev = ev[torch.randperm(len(ev), generator=torch.Generator().manual_seed(cell.seed))[:max_clean]]
-        evidence = {}
-        for name, x in (("surrogate", ds.test_x[sur]), ("clean", ds.test_x[ev]), ("triggers", target.triggers.images)):
-            probe = cam(x)
-            evidence[name] = (Evidence.from_probe(probe, x, info.penultimate), probe.predictions)
-        cfg = DetectorConfig(detector=design, seed=cell.seed)
-        r = traffic_fit(lambda: SCORERS[resolve_spec(design).scorer](cfg), evidence["surrogate"][0],
-                        ds.test_y[sur], evidence["surrogate"][1], *evidence["clean"], *evidence["triggers"],
-                        target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds)
-        r = {"seed": cell.seed, **r, "git_commit": git_commit()}
-        write_json(path, r)
+        else:
+            r = {"seed": cell.seed, **_traffic_fit_cell(cell, ds, cache_dir, design, target_fpr, n_traffic, repeats,
+                                                        max_clean), "git_commit": git_commit()}
+            write_json(path, r)
         groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, design), []).append(r)
     rows = []
     for (label, arch, blocks, det), per in sorted(groups.items()):
