@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from dnnpiracy.attack import SCORERS, make_cam
-from dnnpiracy.attack.scorers import Evidence
+from dnnpiracy.attack.scorers import LEAVE_ONE_OUT, Evidence
 from dnnpiracy.attack.thresholds import conformal_threshold
 from dnnpiracy.config import DetectorConfig, TriggerConfig
 from dnnpiracy.data import load_dataset, make_splits
@@ -34,7 +34,12 @@ def _rates(se: torch.Tensor, st: torch.Tensor, thr: float) -> list[float]:
     return [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()), float((st > thr).float().mean())]
 
 
-def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0) -> dict:
+def fold_tag(folds: int) -> str:
+    return "leave-one-out" if folds == LEAVE_ONE_OUT else f"{folds} folds"
+
+
+def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
+            folds_list: tuple[int, ...] = (LEAVE_ONE_OUT,)) -> dict:
     raw: dict = {}
     for dsname, label, seed in DEV:
         ds = load_dataset(dsname)
@@ -51,26 +56,28 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0) -
             if traffic:   # a seeded `traffic` of the evaluation inputs become the pirate's unlabelled clean queries
                 perm = torch.randperm(len(e), generator=torch.Generator().manual_seed(split_seed))
                 e, tr = e[perm[traffic:]], e[perm[:traffic]]
-            for name in names:
-                sc = SCORERS[name](DetectorConfig())
-                oof = sc.oof_scores(EA.take(s), ds.test_y[s], pa[s], folds=20)
+            for name, folds in ((n, f) for n in names for f in folds_list):
+                cfg = DetectorConfig(calibration_folds=folds)
+                sc = SCORERS[name](cfg)
+                oof = sc.oof_scores(EA.take(s), ds.test_y[s], pa[s], folds=folds)
                 sc.fit(EA.take(s), ds.test_y[s], pa[s])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
                 per = raw.setdefault(dsname, {})
-                per.setdefault(name, []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
+                row = name if len(folds_list) == 1 else f"{name} ({fold_tag(folds)})"
+                per.setdefault(row, []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
                 if not traffic:
                     continue
                 # threshold only: the surrogate-fitted scorer, thresholded on the traffic's scores
                 thr = conformal_threshold(sc.score(EA.take(tr), pa[tr]), target_fpr)
-                per.setdefault(f"{name} +traffic threshold", []).append(_rates(se, st, thr))
+                per.setdefault(f"{row} +traffic threshold", []).append(_rates(se, st, thr))
                 # fit: scorer fitted and thresholded on surrogate + traffic (traffic labelled by the target)
                 both = torch.cat([s, tr])
                 y_both = torch.cat([ds.test_y[s], pa[tr]])
-                sc = SCORERS[name](DetectorConfig())
-                oof = sc.oof_scores(EA.take(both), y_both, pa[both], folds=20)
+                sc = SCORERS[name](cfg)
+                oof = sc.oof_scores(EA.take(both), y_both, pa[both], folds=folds)
                 sc.fit(EA.take(both), y_both, pa[both])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
-                per.setdefault(f"{name} +traffic fit", []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
+                per.setdefault(f"{row} +traffic fit", []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
             print(dsname, split_seed, flush=True)
     return raw
 
@@ -92,7 +99,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "Targets: ResNet-18, 3 epochs, trigger label 3, seed 1, on Fashion-MNIST and on mnist-10k. The reported "
              "runs use trigger label 0, seed 0, and played no part in this choice. Each row averages "
              f"{rows[0]['draws'] if rows else 0} surrogate draws (5 % of test, stratified, split seeds 100..). The "
-             f"calibrated threshold targets FPR {meta['target_fpr']}. FPR is measured on the rest of the test set, "
+             f"calibrated threshold targets FPR {meta['target_fpr']}, from out-of-fold surrogate scores "
+             f"({', '.join(fold_tag(f) for f in meta.get('folds', [20]))}). FPR is measured on the rest of the test set, "
              "FNR over the 15 triggers. Rates are fractions." + (
                  f" With `--traffic {meta['traffic']}`, that many evaluation inputs per draw are held out as the "
                  "pirate's unlabelled clean traffic (and leave the evaluation): `+traffic threshold` re-sets the "
@@ -115,17 +123,21 @@ def main() -> None:
     ap.add_argument("--traffic", type=int, default=0,
                     help="also hold this many evaluation inputs out as unlabelled traffic, and measure each detector "
                          "thresholded on it (+traffic threshold) and fitted on surrogate + traffic (+traffic fit)")
+    ap.add_argument("--folds", default="0",
+                    help="comma-separated cross-fitting settings for the calibrated threshold: 0 = leave-one-out, "
+                         "K >= 2 = K stratified folds (several: one row per detector and setting)")
     ap.add_argument("--reuse", help="raw JSON of an earlier run of this measurement (render only)")
     ap.add_argument("--out", default="results/detector_selection")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     t0 = time.perf_counter()
     raw = json.load(open(args.reuse)) if args.reuse else measure(args.detectors.split(","), args.draws,
-                                                                  args.target_fpr, args.traffic)
+                                                                  args.target_fpr, args.traffic,
+                                                                  tuple(int(f) for f in args.folds.split(",")))
     rows = summarise(raw)
     meta = {"command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
             "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV,
-            "traffic": args.traffic}
+            "traffic": args.traffic, "folds": [int(f) for f in args.folds.split(",")]}
     write_json(args.out + ".json", {"rows": rows, "raw": raw, "meta": meta})
     atomic_write_text(args.out + ".md", markdown(rows, meta))
     print(markdown(rows, meta))

@@ -279,3 +279,34 @@ def test_default_detector_is_chosen_per_dataset():
     assert default_detector("mnist-10k") == default_detector("mnist") == default_detector(None) == DEFAULT_DETECTOR
     assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-stages-input"
     assert resolve_spec("default").scorer == DEFAULT_DETECTOR
+
+
+@pytest.mark.parametrize("dim", [6, 40])      # more samples than dims, and fewer (only shrinkage inverts it)
+def test_closed_form_leave_one_out_equals_refitting_without_each_sample(dim):
+    """The closed-form leave-one-out scores of the Mahalanobis and nearest-neighbour scorers equal n explicit
+    refits, including queries the target predicts into another class and a class of two samples."""
+    from dnnpiracy.attack.scorers import Scorer
+    gen = torch.Generator().manual_seed(3)
+    y = torch.tensor([0] * 12 + [1] * 9 + [2] * 2)
+    X = torch.randn(len(y), dim, generator=gen) + 3 * y[:, None].float()
+    y_pred = y.clone()
+    y_pred[[0, 5, 13, 21]] = torch.tensor([1, 2, 0, 1])     # misclassified surrogate inputs
+    ev = Evidence(features=X)
+    for scorer in (MahalanobisScorer("features"), MahalanobisScorer("features", shrinkage=0.5),
+                   KNNScorer("features", k=1), KNNScorer("features", k=3)):
+        fast = scorer.loo_scores(ev, y, y_pred)
+        slow = Scorer.loo_scores(scorer, ev, y, y_pred)           # the generic version: one refit per sample
+        assert torch.allclose(fast, slow, rtol=1e-4, atol=1e-4), (type(scorer).__name__, fast - slow)
+        assert torch.allclose(scorer.oof_scores(ev, y, y_pred), fast)   # leave-one-out is the default
+
+
+def test_stratified_folds_use_every_fold_when_classes_are_smaller_than_the_fold_count():
+    from dnnpiracy.attack.scorers import stratified_folds
+    y = torch.arange(100) % 10                       # 10 per class, 20 folds (mnist-10k's surrogate set)
+    f = stratified_folds(y, 20, seed=0)
+    sizes = torch.bincount(f, minlength=20)
+    assert len(sizes) == 20 and int(sizes.min()) == 5 and int(sizes.max()) == 5
+    for c in range(10):                              # a class never puts two samples in one fold
+        assert len(torch.unique(f[y == c])) == 10
+    with pytest.raises(ValueError, match="folds"):
+        stratified_folds(y, 1)

@@ -70,7 +70,9 @@ class DetectorConfig:
     heatmap_layer: str | None = None   # None = the architecture's default (arch_info)
     tau: float | None = None      # paper rule: flag if score > alpha_y + tau (None = dataset default)
     target_fpr: float = 0.01      # calibrated rule: aim for this clean false-positive rate (conformal)
-    calibration_folds: int = 20   # calibrated rule: K-fold cross-fitting on the surrogate set (DCGAN: at most 5)
+    calibration_folds: int = 0    # calibrated rule: cross-fitting on the surrogate set: 0 = leave-one-out (exact,
+    #                               closed form for Mahalanobis / nearest neighbours), K >= 2 = K stratified folds;
+    #                               the DCGAN scorer uses at most 5 folds (0 -> 5)
     traffic: int = 0              # > 0: this many unlabelled clean queries (held out of evaluation) serve the pirate
     traffic_use: str = "threshold"  # "threshold": re-set the threshold on them; "fit": also fit the scorer on them
     gan: GanConfig = field(default_factory=GanConfig)
@@ -79,7 +81,8 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         _check(0 < self.surrogate_fraction < 1, "surrogate_fraction must be in (0, 1)")
         _check(0 < self.target_fpr < 1, "target_fpr must be in (0, 1)")
-        _check(2 <= self.calibration_folds <= 1000, "calibration_folds must be in 2..1000")
+        _check(self.calibration_folds == 0 or 2 <= self.calibration_folds <= 1000,
+               "calibration_folds must be 0 (leave-one-out) or in 2..1000")
         _check(self.traffic >= 0, "traffic must be >= 0 (0 = threshold from the surrogate set)")
         _check(self.traffic_use in ("threshold", "fit"), f"traffic_use must be 'threshold' or 'fit', "
                f"got {self.traffic_use!r}")

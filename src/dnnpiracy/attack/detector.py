@@ -26,6 +26,7 @@ from dnnpiracy.attack.scorers import (
     EnergyScorer,
     EnsembleScorer,
     Evidence,
+    LEAVE_ONE_OUT,
     HeatmapMassScorer,
     KNNScorer,
     MahalanobisScorer,
@@ -232,7 +233,9 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         calib = in_sample
     elif spec.rule == "calibrated":
         check_cross_fitting(surrogate_y)
-        folds = min(cfg.calibration_folds, 5) if isinstance(scorer, DCGANScorer) else cfg.calibration_folds
+        folds = cfg.calibration_folds
+        if isinstance(scorer, DCGANScorer):    # one DCGAN per class per fold: leave-one-out would train n of them
+            folds = 5 if folds == LEAVE_ONE_OUT else min(folds, 5)
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
         scorer.fit(ev, surrogate_y, y_pred)
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)

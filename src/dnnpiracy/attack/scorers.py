@@ -54,6 +54,24 @@ def _groups(y: torch.Tensor):
         yield c, torch.nonzero(y == c).flatten()
 
 
+LEAVE_ONE_OUT = 0   # ``folds`` value: cross-fit by leaving each surrogate input out alone
+
+
+def stratified_folds(y: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
+    """Fold index (0..folds-1) per sample: each class shuffled, then dealt round-robin with the count carried from
+    one class to the next, so every fold is used and the fold sizes differ by at most one even when a class has
+    fewer samples than there are folds (10 surrogate inputs per class, 20 folds)."""
+    if folds < 2:
+        raise ValueError(f"folds must be >= 2 (or LEAVE_ONE_OUT), got {folds}")
+    gen = torch.Generator().manual_seed(seed)
+    fold_of = torch.empty(len(y), dtype=torch.long)
+    dealt = 0
+    for _, idx in _groups(y):
+        fold_of[idx] = (dealt + torch.randperm(len(idx), generator=gen)) % folds
+        dealt += len(idx)
+    return fold_of
+
+
 class Scorer:
     """Fit per class on (evidence, true labels); score (evidence, predicted labels)."""
 
@@ -68,19 +86,30 @@ class Scorer:
     def score(self, ev: Evidence, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def oof_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor, folds: int = 5,
+    def oof_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor, folds: int = LEAVE_ONE_OUT,
                    seed: int = 0) -> torch.Tensor:
-        """Out-of-fold scores: each sample scored (against its predicted label) by a copy fitted without it."""
+        """Out-of-fold scores: each sample scored (against its predicted label) by a copy fitted without it.
+
+        ``folds`` = K stratified folds, or LEAVE_ONE_OUT (0): each sample held out alone, so the copy that scores it
+        is fitted on n - 1 samples, as near as cross-fitting gets to the deployed fit on all n.  With K folds the
+        copies see n (1 - 1/K) samples, and a distance scorer in a space of more dimensions than samples scores
+        held-out inputs systematically higher than the full fit scores fresh ones: the conformal threshold lands
+        too high (measured: results/detector_selection_round3.md)."""
+        if folds == LEAVE_ONE_OUT or folds >= len(ev):
+            return self.loo_scores(ev, y_true, y_pred)
+        return self._kfold_scores(ev, y_true, y_pred, stratified_folds(y_true, folds, seed))
+
+    def loo_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor) -> torch.Tensor:
+        """Leave-one-out scores.  The generic version refits n times; scorers with a closed form override it."""
+        return self._kfold_scores(ev, y_true, y_pred, torch.arange(len(ev)))
+
+    def _kfold_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor,
+                      fold_of: torch.Tensor) -> torch.Tensor:
         out = torch.empty(len(ev))
-        fold_of = torch.empty(len(ev), dtype=torch.long)
-        gen = torch.Generator().manual_seed(seed)
-        for _, idx in _groups(y_true):     # stratified folds
-            fold_of[idx] = torch.randperm(len(idx), generator=gen) % folds
-        for f in range(folds):
+        for f in torch.unique(fold_of).tolist():
             held = fold_of == f
-            if held.any():
-                part = copy.deepcopy(self).fit(ev.take(~held), y_true[~held])
-                out[held] = part.score(ev.take(held), y_pred[held])
+            part = copy.deepcopy(self).fit(ev.take(~held), y_true[~held])
+            out[held] = part.score(ev.take(held), y_pred[held]).float()
         return out
 
 
@@ -111,6 +140,27 @@ class KNNScorer(Scorer):
                 continue
             d = torch.cdist(X[idx], ref)
             out[idx] = d.topk(min(self.k, ref.shape[0]), dim=1, largest=False).values.mean(1)
+        return out
+
+
+    def loo_scores(self, ev, y_true, y_pred):
+        """Exact leave-one-out: each sample's distances to the references of its predicted class, itself excluded."""
+        X = self._prep(ev.need(self.evidence))
+        dist = torch.cdist(X, X)
+        dist.fill_diagonal_(float("inf"))
+        out = torch.full((len(X),), float("inf"))
+        for c, idx in _groups(y_pred):
+            cols = torch.nonzero(y_true == c).flatten()
+            if len(cols) == 0:
+                continue
+            d = dist[idx][:, cols]
+            k = min(self.k, len(cols))
+            nearest = d.topk(k, dim=1, largest=False).values
+            n_refs = len(cols) - (y_true[idx] == c).long()      # a sample of class c leaves c one reference short
+            for i in range(len(idx)):
+                kk = min(self.k, int(n_refs[i]))
+                if kk > 0:
+                    out[idx[i]] = nearest[i, :kk].mean()
         return out
 
 
@@ -160,6 +210,48 @@ class MahalanobisScorer(Scorer):
             ok = row >= 0
             diff = X[ok] - means[row[ok]]
             out[ok] = ((diff @ self.precision) * diff).sum(1)
+        return out.float()
+
+
+    def loo_scores(self, ev, y_true, y_pred):
+        """Exact leave-one-out in closed form (one eigendecomposition instead of n refits).
+
+        Leaving x_i (true class c, n_c inputs) out lowers the pooled scatter W by b d d^T with d = x_i - m_c,
+        b = n_c / (n_c - 1), and moves m_c to m_c - (x_i - m_c) / (n_c - 1).  The refitted shrunk covariance is
+        a W + s_i I - a b d d^T (a = (1 - shrinkage) / (n - 2), s_i = shrinkage * trace / dim of the refit): diagonal
+        in W's eigenbasis up to a rank-one term, which Sherman-Morrison inverts."""
+        X = ev.need(self.evidence).flatten(1).double()
+        n, dim = X.shape
+        labels = torch.unique(y_true)
+        means = {int(c): X[y_true == c].mean(0) for c in labels}
+        counts = {int(c): int((y_true == c).sum()) for c in labels}
+        D = X - torch.stack([means[int(c)] for c in y_true])                 # x_i - m_{y_i}
+        W = D.T @ D
+        w, U = torch.linalg.eigh(W)
+        w = w.clamp_min(0)
+        n_c = torch.tensor([counts[int(c)] for c in y_true], dtype=torch.float64)
+        b = n_c / (n_c - 1).clamp_min(1)
+        a = (1 - self.shrinkage) / max(n - 2, 1)
+        trace_refit = (w.sum() - b * (D * D).sum(1)) / max(n - 2, 1)          # trace of the refit's covariance
+        s = self.shrinkage * trace_refit.clamp_min(1e-12 * dim) / dim
+        inv = 1.0 / (a * w[None, :] + s[:, None])                           # (n, dim): A_i^-1 in the eigenbasis
+        own = y_pred == y_true
+        R = torch.empty_like(X)
+        R[own] = b[own, None] * D[own]                                       # x_i - (its class's mean without it)
+        other = ~own
+        known = torch.tensor([int(p) in means and counts[int(p)] > 0 for p in y_pred])
+        if other.any():
+            ok = other & known
+            if ok.any():
+                R[ok] = X[ok] - torch.stack([means[int(p)] for p in y_pred[ok]])
+        V, Rt = D @ U, R @ U
+        rr = (inv * Rt * Rt).sum(1)
+        rd = (inv * Rt * V).sum(1)
+        dd = (inv * V * V).sum(1)
+        g = a * b
+        out = rr + g * rd ** 2 / (1 - g * dd)
+        out[other & ~known] = float("inf")
+        out[own & (n_c < 2)] = float("inf")                                  # its class is empty without it
         return out.float()
 
 
@@ -235,7 +327,7 @@ class EnsembleScorer(Scorer):
     name = "ensemble"
     evidence = "+"
 
-    def __init__(self, components: list[Scorer], combine: str = "sum", folds: int = 20, seed: int = 0):
+    def __init__(self, components: list[Scorer], combine: str = "sum", folds: int = LEAVE_ONE_OUT, seed: int = 0):
         if combine not in ("sum", "max"):
             raise ValueError(f"combine must be 'sum' or 'max', got {combine!r}")
         self.components, self.combine, self.folds, self.seed = components, combine, folds, seed
@@ -246,7 +338,7 @@ class EnsembleScorer(Scorer):
     def oof_scores(self, ev, y_true, y_pred, folds: int | None = None, seed: int | None = None) -> torch.Tensor:
         """Each component's own out-of-fold scores, standardised and combined (computed once: no nested folds).
         Sets the standardisation used by :meth:`score`."""
-        folds = folds or self.folds
+        folds = self.folds if folds is None else folds
         seed = self.seed if seed is None else seed
         raw = torch.stack([c.oof_scores(ev, y_true, y_pred, folds, seed) for c in self.components], 1)
         for j in range(raw.shape[1]):
@@ -304,7 +396,7 @@ class ClassNormalizedScorer(Scorer):
         scale = torch.tensor([self.scale.get(int(c), self._global[1]) for c in y.tolist()], dtype=raw.dtype)
         return (raw - centre) / scale
 
-    def oof_scores(self, ev, y_true, y_pred, folds: int = 20, seed: int = 0) -> torch.Tensor:
+    def oof_scores(self, ev, y_true, y_pred, folds: int = LEAVE_ONE_OUT, seed: int = 0) -> torch.Tensor:
         raw = self.base.oof_scores(ev, y_true, y_pred, folds, seed)
         self._stats(raw, y_pred)
         self._calibrated = True

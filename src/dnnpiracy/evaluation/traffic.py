@@ -58,7 +58,7 @@ def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor
 def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogate_y: torch.Tensor,
                 surrogate_pred: torch.Tensor, clean: Evidence, clean_pred: torch.Tensor, triggers: Evidence,
                 trigger_pred: torch.Tensor, target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 10,
-                seed: int = 0, folds: int = 20) -> dict:
+                seed: int = 0, folds: int = 0) -> dict:
     """Over ``repeats`` draws of ``n_traffic`` clean inputs as unlabelled traffic, held-out FPR / trigger FNR / AUROC
     of three thresholdings of the same scorer design, paired on the draw:
 
