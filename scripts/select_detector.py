@@ -100,8 +100,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "runs use trigger label 0, seed 0, and played no part in this choice. Each row averages "
              f"{rows[0]['draws'] if rows else 0} surrogate draws (5 % of test, stratified, split seeds 100..). The "
              f"calibrated threshold targets FPR {meta['target_fpr']}, from out-of-fold surrogate scores "
-             f"({', '.join(fold_tag(f) for f in meta.get('folds', [20]))}). FPR is measured on the rest of the test set, "
-             "FNR over the 15 triggers. Rates are fractions." + (
+             f"({', '.join(fold_tag(f) for f in meta.get('folds', [20]))}). FPR is measured on the rest of the test "
+             "set, FNR over the 15 triggers. Rates are fractions." + (
                  f" With `--traffic {meta['traffic']}`, that many evaluation inputs per draw are held out as the "
                  "pirate's unlabelled clean traffic (and leave the evaluation): `+traffic threshold` re-sets the "
                  "threshold on their scores, `+traffic fit` fits and thresholds the scorer on surrogate + traffic, "

@@ -21,12 +21,12 @@ from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
 from dnnpiracy.attack.scorers import (
+    LEAVE_ONE_OUT,
     ClassNormalizedScorer,
     DCGANScorer,
     EnergyScorer,
     EnsembleScorer,
     Evidence,
-    LEAVE_ONE_OUT,
     HeatmapMassScorer,
     KNNScorer,
     MahalanobisScorer,
