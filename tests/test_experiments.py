@@ -21,6 +21,16 @@ def test_tables_declare_the_paper_grid():
     assert len({c.key() for c in cells}) == len(cells)
 
 
+def test_cross_fitting_is_part_of_a_calibrated_cells_key_only():
+    from dataclasses import replace
+    cells = table_cells(load_table("1"), PROFILES["cpu"], "mnist-10k")
+    paper = next(c for c in cells if c.detector == "paper")
+    calibrated = next(c for c in cells if c.detector != "paper")
+    assert paper.calibration_folds == calibrated.calibration_folds == 0          # leave-one-out by default
+    assert replace(paper, calibration_folds=20).key() == paper.key()             # the paper rule cross-fits nothing
+    assert replace(calibrated, calibration_folds=20).key() != calibrated.key()
+
+
 def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
             "blocks": [4], "taus": [0.5, 2.0], "detectors": ["paper", "knn-input"], "seeds": [0],

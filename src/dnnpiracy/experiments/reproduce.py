@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from dnnpiracy.attack import default_detector, fit_detector, make_cam
+from dnnpiracy.attack import default_detector, fit_detector, make_cam, resolve_spec
 from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig
 from dnnpiracy.data import DataError, Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
@@ -92,11 +92,14 @@ class Cell:
     taus: tuple[float, ...] = ()           # the sweep is part of the key: a cell stores one result per value
     target_fprs: tuple[float, ...] = ()
     surrogate_fraction: float = DetectorConfig.surrogate_fraction
+    calibration_folds: int = DetectorConfig.calibration_folds   # calibrated rule's cross-fitting (0 = leave-one-out)
 
     def key(self) -> str:
         d = asdict(self)
         if d["surrogate_fraction"] == 0.05:    # cells at the paper's 5 % keep the keys they had before the field
             del d["surrogate_fraction"]
+        if resolve_spec(self.detector).rule == "paper":   # the paper rule cross-fits nothing: its cells keep their keys
+            del d["calibration_folds"]
         return config_key({**d, "v": 1})
 
     def splits(self, ds: Dataset) -> Splits:
@@ -139,7 +142,8 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     info = arch_info(cell.arch, cell.train.stem)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     taus = list(cell.taus)
-    cfg = DetectorConfig(detector=cell.detector, seed=cell.seed, gan=GanConfig(epochs=cell.gan_epochs))
+    cfg = DetectorConfig(detector=cell.detector, seed=cell.seed, gan=GanConfig(epochs=cell.gan_epochs),
+                         calibration_folds=cell.calibration_folds)
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, taus[0], ds.num_classes)
     cam = make_cam(target.model, info)
     probes = {"clean": cam(ds.test_x[ev]), "triggers": cam(target.triggers.images),
