@@ -21,7 +21,7 @@ def test_tables_declare_the_paper_grid():
     assert len({c.key() for c in cells}) == len(cells)
 
 
-def test_cross_fitting_is_part_of_a_calibrated_cells_key_only():
+def test_a_cells_key_names_only_what_its_detector_uses():
     from dataclasses import replace
     cells = table_cells(load_table("1"), PROFILES["cpu"], "mnist-10k")
     paper = next(c for c in cells if c.detector == "paper")
@@ -29,6 +29,8 @@ def test_cross_fitting_is_part_of_a_calibrated_cells_key_only():
     assert paper.calibration_folds == calibrated.calibration_folds == 0          # leave-one-out by default
     assert replace(paper, calibration_folds=20).key() == paper.key()             # the paper rule cross-fits nothing
     assert replace(calibrated, calibration_folds=20).key() != calibrated.key()
+    assert replace(calibrated, gan_epochs=7).key() == calibrated.key()           # a calibrated detector trains no GAN
+    assert replace(paper, gan_epochs=7).key() != paper.key()
 
 
 def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
