@@ -66,6 +66,14 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(rep, "fit_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
     again = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     assert again["rows"] == rows
+    # the one target is counted once, at its recorded build time; the cells that reused it add only their own time
+    compute = again["meta"]["compute_seconds"]
+    target_report = next((tmp_path / "cache" / "targets").glob("*/report.json"))
+    assert compute["n_targets"] == 1
+    assert compute["targets"] == pytest.approx(json.loads(target_report.read_text())["wall_seconds"])
+    first = [json.loads(c.read_text()) for c in cells]
+    assert compute["detectors"] == pytest.approx(sum(o["seconds"] - o["target_seconds"] for o in first))
+    assert "1 targets" in (tmp_path / "results" / "table1.md").read_text()
     assert torch.get_num_threads() >= 1
     assert again["meta"]["devices"] == ["cpu (%d threads)" % torch.get_num_threads()]
     # cached-only rendering (cells merged from another machine): the missing cell and target are not computed
