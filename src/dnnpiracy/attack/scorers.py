@@ -142,7 +142,6 @@ class KNNScorer(Scorer):
             out[idx] = d.topk(min(self.k, ref.shape[0]), dim=1, largest=False).values.mean(1)
         return out
 
-
     def loo_scores(self, ev, y_true, y_pred):
         """Exact leave-one-out: each sample's distances to the references of its predicted class, itself excluded."""
         X = self._prep(ev.need(self.evidence))
@@ -212,7 +211,6 @@ class MahalanobisScorer(Scorer):
             out[ok] = ((diff @ self.precision) * diff).sum(1)
         return out.float()
 
-
     def loo_scores(self, ev, y_true, y_pred):
         """Exact leave-one-out in closed form (one eigendecomposition instead of n refits).
 
@@ -239,11 +237,11 @@ class MahalanobisScorer(Scorer):
         R = torch.empty_like(X)
         R[own] = b[own, None] * D[own]                                       # x_i - (its class's mean without it)
         other = ~own
-        known = torch.tensor([int(p) in means and counts[int(p)] > 0 for p in y_pred])
-        if other.any():
-            ok = other & known
-            if ok.any():
-                R[ok] = X[ok] - torch.stack([means[int(p)] for p in y_pred[ok]])
+        known = torch.tensor([int(p) in means for p in y_pred])             # the predicted class has references
+        R[other & ~known] = 0.0                                              # scored inf below
+        ok = other & known
+        if ok.any():
+            R[ok] = X[ok] - torch.stack([means[int(p)] for p in y_pred[ok]])
         V, Rt = D @ U, R @ U
         rr = (inv * Rt * Rt).sum(1)
         rd = (inv * Rt * V).sum(1)
