@@ -224,9 +224,7 @@ class MahalanobisScorer(Scorer):
         means = {int(c): X[y_true == c].mean(0) for c in labels}
         counts = {int(c): int((y_true == c).sum()) for c in labels}
         D = X - torch.stack([means[int(c)] for c in y_true])                 # x_i - m_{y_i}
-        W = D.T @ D
-        w, U = torch.linalg.eigh(W)
-        w = w.clamp_min(0)
+        w, U = _scatter_eigen(D)
         n_c = torch.tensor([counts[int(c)] for c in y_true], dtype=torch.float64)
         b = n_c / (n_c - 1).clamp_min(1)
         a = (1 - self.shrinkage) / max(n - 2, 1)
@@ -246,11 +244,27 @@ class MahalanobisScorer(Scorer):
         rr = (inv * Rt * Rt).sum(1)
         rd = (inv * Rt * V).sum(1)
         dd = (inv * V * V).sum(1)
+        if U.shape[1] < dim:   # the rest of the space: W is 0 there, the refit's covariance s_i I (d lies in the span)
+            rr = rr + ((R * R).sum(1) - (Rt * Rt).sum(1)).clamp_min(0) / s
         g = a * b
         out = rr + g * rd ** 2 / (1 - g * dd)
         out[other & ~known] = float("inf")
         out[own & (n_c < 2)] = float("inf")                                  # its class is empty without it
         return out.float()
+
+
+def _scatter_eigen(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues w >= 0 and orthonormal eigenvectors U (dim x r) of the scatter W = D^T D on the span of D's rows.
+    With fewer rows than columns this goes through the n x n Gram matrix D D^T (O(n^2 dim), not O(dim^3)); the
+    directions left out have eigenvalue 0."""
+    n, dim = D.shape
+    if n >= dim:
+        w, U = torch.linalg.eigh(D.T @ D)
+        return w.clamp_min(0), U
+    w, P = torch.linalg.eigh(D @ D.T)
+    keep = w > w.max().clamp_min(0) * 1e-12 * n
+    w, P = w[keep], P[:, keep]
+    return w, (D.T @ P) / w.sqrt()
 
 
 class DCGANScorer(Scorer):
