@@ -343,14 +343,16 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
     ``target_seconds`` was recorded count whole), ``targets`` = each distinct target's recorded build time
     (``wall_seconds`` of its report: training and the owner's metrics)."""
     detectors = sum(o["seconds"] - o.get("target_seconds", 0.0) for o in outs)
-    targets, seen = 0.0, set()
-    for cell in cells:
-        key = target_key(ds.name, cell.train, cell.trigger_config(), cell.splits(ds))
-        report = cache_dir / "targets" / key / "report.json"
-        if key not in seen and report.exists():
-            seen.add(key)
+    # the cells of one target differ only in their detector: one representative each, so each split is drawn once
+    by_target = {(c.train, c.trigger_config(), c.surrogate_fraction, c.seed): c for c in cells}
+    targets, found = 0.0, 0
+    for cell in by_target.values():
+        report = (cache_dir / "targets" / target_key(ds.name, cell.train, cell.trigger_config(), cell.splits(ds))
+                  / "report.json")
+        if report.exists():
+            found += 1
             targets += float(read_json(report).get("wall_seconds", 0.0))
-    return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": len(seen)}
+    return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": found}
 
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
