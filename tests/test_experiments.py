@@ -38,7 +38,7 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
             "blocks": [4], "taus": [0.5, 2.0], "detectors": ["paper", "knn-input"], "seeds": [0],
             "target_fprs": [0.05, 0.1], "paper": {"0": [0.9, 1.0, 0.0, 0.0]}}
     # 20 % of digits-tiny's 200 test images: 4 labelled inputs per class (5 % leaves 1, too few to cross-fit)
-    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile", 0.2)
+    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile", {"digits-tiny": 0.2})
     res = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     rows = res["rows"]
     assert {(r["detector"], r["tau"], r["target_fpr"]) for r in rows} == {
@@ -121,7 +121,7 @@ def test_traffic_fit_study_refits_the_default_and_caches_per_cell(tmp_path, monk
     spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
             "blocks": [4], "taus": [2.0], "detectors": ["default"], "seeds": [0], "target_fprs": [0.05]}
     # 20 % of digits-tiny's 200 test images: 4 labelled inputs per class (5 % leaves 1, too few to cross-fit)
-    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile", 0.2)
+    prof = Profile("test", {"digits-tiny": 3}, {"digits-tiny": 2}, {}, True, "tiny test profile", {"digits-tiny": 0.2})
     from dnnpiracy.experiments import traffic as tf
     reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     from dnnpiracy.data import load_dataset
@@ -142,3 +142,34 @@ def test_traffic_fit_study_refits_the_default_and_caches_per_cell(tmp_path, monk
     md = tf.traffic_fit_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 60, "repeats": 2,
                                         "wall_seconds": 0.0, "device": "cpu", "command": "x", "git_commit": "y"})
     assert "| 1 | 0 | small-cnn | 4 |" in md
+
+
+def test_cells_with_another_surrogate_share_reuse_the_target(tmp_path, monkeypatch):
+    """The surrogate share is the attacker's, not the owner's: a second share reuses the trained target (no
+    training) and draws its own split; fresh triggers come from that split's evaluation part, never its surrogate."""
+    spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
+            "blocks": [4], "taus": [2.0], "detectors": ["knn-input"], "seeds": [0], "target_fprs": [0.1]}
+    runs = {}
+    for share in (0.2, 0.3):
+        prof = Profile("test", {"digits-tiny": 2}, {"digits-tiny": 2}, {}, True, "tiny", {"digits-tiny": share})
+        runs[share] = reproduce_spec(spec, prof, tmp_path / f"r{share}", tmp_path / "cache", progress=False,
+                                     log=lambda m: None)
+        if share == 0.2:     # from now on, training anything fails the test
+            import dnnpiracy.watermark.embed as embed
+            monkeypatch.setattr(embed, "train_classifier", lambda *a, **k: (_ for _ in ()).throw(
+                AssertionError("retrained")))
+    assert len(list((tmp_path / "cache" / "targets").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "cells").glob("*.json"))) == 2
+    assert runs[0.2]["meta"]["surrogate_size"] == 40 and runs[0.3]["meta"]["surrogate_size"] == 60
+    assert "Surrogate set: 60 labelled test images" in (tmp_path / "r0.3" / "table1.md").read_text()
+
+    from dnnpiracy.config import TriggerConfig
+    from dnnpiracy.data import load_dataset, make_splits
+    from dnnpiracy.watermark import fresh_triggers_for
+    ds = load_dataset("digits-tiny")
+    splits = make_splits(ds.test_y, 0.3, 0)
+    fresh = fresh_triggers_for(ds, splits, TriggerConfig(trigger_label=0), n=50)
+    assert len(fresh) == 50 and not set(fresh.source_idx.tolist()) & set(splits.surrogate_idx.tolist())
+    assert (ds.test_y[fresh.source_idx] != 0).all() and (fresh.labels == 0).all()
+    again = fresh_triggers_for(ds, splits, TriggerConfig(trigger_label=0), n=50)
+    assert torch.equal(again.images, fresh.images)

@@ -15,7 +15,7 @@ import math
 import statistics
 import time
 import tomllib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from dnnpiracy.evaluation.metrics import wilson_interval
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target, target_key
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
+from dnnpiracy.watermark import fresh_triggers_for
 
 TABLES = ("1", "2", "3", "4", "5")
 
@@ -42,7 +43,11 @@ class Profile:
     arch_map: dict[str, str]          # the paper's arch -> the arch used (tables other than III)
     keep_archs: bool                  # Table III keeps its architectures
     note: str
-    surrogate_fraction: float = DetectorConfig.surrogate_fraction   # the attacker's labelled share (paper: 5 %)
+    # dataset -> the attacker's labelled share of the test set; unlisted datasets take the paper's 5 %
+    surrogate_fractions: dict[str, float] = field(default_factory=dict)
+
+    def surrogate_fraction(self, dataset: str) -> float:
+        return self.surrogate_fractions.get(dataset, DetectorConfig.surrogate_fraction)
 
 
 PROFILES = {
@@ -55,7 +60,9 @@ PROFILES = {
                    "reduced to fit 2 CPU cores: ResNet-18 instead of ResNet-34 (Table III keeps ResNet-34/101/152), "
                    "3 epochs on mnist-10k / 2 on Fashion-MNIST instead of 15, DCGAN 50 epochs on mnist-10k / 25 on "
                    "Fashion-MNIST instead of 200; "
-                   "triggers oversampled x20 per epoch; batch 128, lr 1e-4, tau and surrogate size as the paper"),
+                   "triggers oversampled x20 per epoch; batch 128, lr 1e-4, tau as the paper; surrogate set = the "
+                   "paper's 500 images (25 % of mnist-10k's 2,000-image test split, 5 % of a 10,000-image test set)",
+                   {"mnist-10k": 0.25}),
 }
 
 
@@ -109,6 +116,12 @@ class Cell:
         """The cell's surrogate / evaluation split of the test set (seeded by the cell's seed)."""
         return make_splits(ds.test_y, self.surrogate_fraction, self.seed)
 
+    def target_splits(self, ds: Dataset) -> Splits:
+        """The split the cell's target is keyed by: always the paper's 5 % (its report's evaluation accuracy and its
+        stored fresh triggers use it).  Training never sees the test set, so cells that give the attacker another
+        share of it reuse the same trained target; they draw their own split and fresh triggers (``run_cell``)."""
+        return make_splits(ds.test_y, DetectorConfig.surrogate_fraction, self.seed)
+
     def trigger_config(self) -> TriggerConfig:
         """The owner's watermark of the cell's target (seeded by the cell's seed)."""
         return TriggerConfig(trigger_label=self.trigger_label, blocks=self.blocks, seed=self.seed)
@@ -128,7 +141,8 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                     for det in designs:
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
-                                          tuple(spec.get("target_fprs", [0.01])), profile.surrogate_fraction))
+                                          tuple(spec.get("target_fprs", [0.01])),
+                                          profile.surrogate_fraction(dataset_name)))
     return cells
 
 
@@ -142,8 +156,9 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     splits = cell.splits(ds)
     trigger = cell.trigger_config()
     t_target = time.perf_counter()
-    target = get_target(ds, splits, cell.train, trigger, cache_dir, progress, log)
+    target = get_target(ds, cell.target_splits(ds), cell.train, trigger, cache_dir, progress, log)
     target_seconds = time.perf_counter() - t_target      # training, when this cell built the target; else loading
+    fresh = fresh_triggers_for(ds, splits, trigger)       # from this cell's evaluation split, never its surrogate
     info = arch_info(cell.arch, cell.train.stem)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     taus = list(cell.taus)
@@ -152,7 +167,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, taus[0], ds.num_classes)
     cam = make_cam(target.model, info)
     probes = {"clean": cam(ds.test_x[ev]), "triggers": cam(target.triggers.images),
-              "fresh": cam(target.fresh_triggers.images)}
+              "fresh": cam(fresh.images)}
     if det.spec.rule == "paper":
         variants = [("tau", t, det.with_tau(t)) for t in taus]
     else:
@@ -160,7 +175,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
         variants = [("target_fpr", a, det.with_target_fpr(a)) for a in fprs]
     results, scores = [], None
     for kind, value, d in variants:
-        c, t, f = inspect_sets(d, ds.test_x[ev], ds.test_y[ev], target.triggers, target.fresh_triggers, probes)
+        c, t, f = inspect_sets(d, ds.test_x[ev], ds.test_y[ev], target.triggers, fresh, probes)
         if scores is None:   # the scores do not depend on the threshold: kept once, for the ROC figures
             scores = {name: [float(f"{v:.6g}") for v in s.inspection.scores.tolist()]
                       for name, s in (("clean", c), ("triggers", t), ("fresh", f))}
@@ -279,6 +294,10 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
     lines = [f"# Table {spec['id']}: {spec['title']}", "",
              f"Profile `{profile.name}`: {profile.note}.", "",
              f"Dataset: {meta['dataset_note']}", "",
+             *([f"Surrogate set: {meta['surrogate_size']} labelled test images per seed "
+                f"({meta['surrogate_fraction']:g} of the test set, stratified); the rest of the test set is the clean "
+                "evaluation split.", ""]
+               if meta.get("surrogate_size") else []),
              "Rates are fractions (not percent). FPR over the clean evaluation split (test minus surrogate); FNR over "
              "the 15 embedded trigger inputs. Our columns: mean +- std over the seeds listed in each row, "
              "[Wilson 95 % interval pooled over those seeds]. The paper's detector uses its rule (alpha_y + tau); "
@@ -344,10 +363,10 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
     (``wall_seconds`` of its report: training and the owner's metrics)."""
     detectors = sum(o["seconds"] - o.get("target_seconds", 0.0) for o in outs)
     # the cells of one target differ only in their detector: one representative each, so each split is drawn once
-    by_target = {(c.train, c.trigger_config(), c.surrogate_fraction, c.seed): c for c in cells}
+    by_target = {(c.train, c.trigger_config(), c.seed): c for c in cells}
     targets, found = 0.0, 0
     for cell in by_target.values():
-        report = (cache_dir / "targets" / target_key(ds.name, cell.train, cell.trigger_config(), cell.splits(ds))
+        report = (cache_dir / "targets" / target_key(ds.name, cell.train, cell.trigger_config(), cell.target_splits(ds))
                   / "report.json")
         if report.exists():
             found += 1
@@ -375,6 +394,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     ds = resolve_dataset(spec["dataset"], data_dir)
     cache_dir = Path(cache_dir or default_cache_dir())
     cells = table_cells(spec, profile, ds.name)
+    surrogate_size = int(len(cells[0].splits(ds).surrogate_idx)) if cells else 0
     done_cells, outs = [], []
     todo = cells if max_cells is None else cells[:max_cells]
     if cached_only:
@@ -384,6 +404,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         """Aggregate every finished cell so far (called after each cell: a killed run leaves a valid table)."""
         rows = aggregate(spec, profile, done_cells, outs)
         meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
+                "surrogate_fraction": profile.surrogate_fraction(ds.name), "surrogate_size": surrogate_size,
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
                 "compute_seconds": compute_seconds(done_cells, outs, ds, cache_dir),
                 "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
@@ -438,12 +459,12 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
         written.append(path)
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:
-        splits = first.splits(ds)
+        splits, target_splits = first.splits(ds), first.target_splits(ds)
         trigger = first.trigger_config()
-        cached = (cache_dir / "targets" / target_key(ds.name, first.train, trigger, splits)).exists()
+        cached = (cache_dir / "targets" / target_key(ds.name, first.train, trigger, target_splits)).exists()
         if not (cached or train_missing):
             return written
-        target = get_target(ds, splits, first.train, trigger, cache_dir, False, lambda *a: None)
+        target = get_target(ds, target_splits, first.train, trigger, cache_dir, False, lambda *a: None)
         cam = make_cam(target.model, arch_info(first.arch, first.train.stem))
         ev = splits.evaluation_idx
         pick = torch.cat([ev[ds.test_y[ev] == c][:1] for c in range(ds.num_classes)])

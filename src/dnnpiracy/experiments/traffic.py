@@ -141,7 +141,8 @@ def _traffic_fit_cell(cell: Cell, ds: Dataset, cache_dir: Path, design: str, tar
     """One finished cell's cached target probed once; its default design fitted three ways per traffic draw."""
     splits = cell.splits(ds)      # as run_cell: the same surrogate and evaluation
     trigger = cell.trigger_config()
-    target = get_target(ds, splits, cell.train, trigger, cache_dir, progress=False, log=lambda *_: None)
+    target = get_target(ds, cell.target_splits(ds), cell.train, trigger, cache_dir, progress=False,
+                        log=lambda *_: None)
     info = arch_info(cell.arch, cell.train.stem)
     cam = make_cam(target.model, info)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx

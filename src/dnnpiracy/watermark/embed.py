@@ -48,6 +48,15 @@ def owner_metrics(model: nn.Module, ds: Dataset, splits: Splits, triggers: Trigg
     return m
 
 
+def fresh_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500) -> TriggerSet:
+    """The owner's trigger stamped on ``n`` clean evaluation images (never the surrogate's): does the detector catch
+    the trigger on inputs it was not trained with?  Deterministic in (split, trigger config); source indices are
+    test-set indices."""
+    ev = splits.evaluation_idx
+    fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=n, seed=trigger_cfg.seed + 1)
+    return TriggerSet(fresh.images, fresh.labels, ev[fresh.source_idx], fresh.source_labels, fresh.config)
+
+
 def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger_cfg: TriggerConfig | None,
                     out_dir: str | Path, progress: bool = True, log=print) -> Target:
     """Train a target on ``ds`` (+ the trigger set unless ``trigger_cfg`` is None) into ``out_dir``.
@@ -70,10 +79,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
     triggers = fresh = None
     if trigger_cfg is not None:
         triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg)
-        ev = splits.evaluation_idx
-        fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=500, seed=trigger_cfg.seed + 1)
-        # fresh-trigger source indices are positions in the evaluation split; store them as test-set indices
-        fresh = TriggerSet(fresh.images, fresh.labels, ev[fresh.source_idx], fresh.source_labels, fresh.config)
+        fresh = fresh_triggers_for(ds, splits, trigger_cfg)
         save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
         save_trigger_set(out_dir / FRESH_FILE, fresh, {"dataset": ds.name, "source_split": "test"})
         save_trigger_grid(out_dir / "triggers.png", triggers, ds.class_names)
