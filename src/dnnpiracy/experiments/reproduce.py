@@ -56,9 +56,9 @@ PROFILES = {
                      "the paper's hyperparameters: ResNet-34 (101/152 in Table III), 15 epochs, batch 128, "
                      "lr 1e-4, DCGAN 200 epochs; triggers oversampled x20 per epoch"),
     "cpu": Profile("cpu", {"mnist": 2, "mnist-10k": 3, "fashion-mnist": 2},
-                   {"mnist": 50, "mnist-10k": 50, "fashion-mnist": 25}, {"resnet34": "resnet18"}, True,
+                   {"mnist": 10, "mnist-10k": 10, "fashion-mnist": 25}, {"resnet34": "resnet18"}, True,
                    "reduced to fit 2 CPU cores: ResNet-18 instead of ResNet-34 (Table III keeps ResNet-34/101/152), "
-                   "3 epochs on mnist-10k / 2 on Fashion-MNIST instead of 15, DCGAN 50 epochs on mnist-10k / 25 on "
+                   "3 epochs on mnist-10k / 2 on Fashion-MNIST instead of 15, DCGAN 10 epochs on MNIST / 25 on "
                    "Fashion-MNIST instead of 200; "
                    "triggers oversampled x20 per epoch; batch 128, lr 1e-4, tau as the paper; surrogate set = the "
                    "paper's 500 images (25 % of mnist-10k's 2,000-image test split, 5 % of a 10,000-image test set)",
