@@ -1,8 +1,9 @@
 """Calibrating the detector's threshold on unlabelled deployment traffic instead of the surrogate set.
 
 The calibrated detectors need labels only to *fit* their scorers; the threshold needs only clean scores.  The
-surrogate set gives ~100 of them (mnist-10k), so its split-conformal 99 % quantile is their maximum and the realised
-FPR sits far below the 1 % target, which costs triggers (the misses of Tables I-IV).  A pirate serving the model sees
+surrogate set gives a few hundred of them at most (100 with 5 % of mnist-10k), so its split-conformal 99 % quantile is
+one of their largest and the realised FPR scatters widely around the 1 % target; where it lands low, triggers are
+missed.  A pirate serving the model sees
 many unlabelled queries: calibrating on the first ``n_traffic`` of them (``Detector.calibrate_on_traffic``) pins the
 quantile.  Evaluated here from a cell's stored scores: a random ``n_traffic`` of the clean evaluation inputs play the
 traffic, FPR is measured on the remaining clean inputs, FNR on the trigger inputs, over ``repeats`` random draws.

@@ -131,7 +131,7 @@ def write_traffic_study(tables: list[str], profile_name: str, out: Path, cache_d
     write_json(out.with_suffix(".json"), {"rows": rows, "meta": meta})
     atomic_write_text(out.with_suffix(".md"), traffic_markdown(rows, meta))
     atomic_write_bytes(out.with_suffix(".png"), traffic_figure(
-        rows, f"Threshold from ~100 surrogate images (pale) vs {n_traffic} unlabelled clean queries (solid), "
+        rows, f"Threshold from the labelled surrogate set (pale) vs {n_traffic} unlabelled clean queries (solid), "
               f"profile {profile_name}, target FPR {target_fpr}"))
     return {"rows": rows, "meta": meta}
 
@@ -198,8 +198,9 @@ def traffic_fit_markdown(rows: list[dict], meta: dict) -> str:
              + (f" (out of a seeded {meta['max_clean']} of the clean evaluation inputs)" if meta.get("max_clean")
                 else "")
              + "; FPR is measured on the clean inputs not drawn, FNR on the 15 trigger inputs. Three thresholdings, "
-             "paired on the same draws: **surrogate** = fitted and thresholded on the ~100 (mnist-10k) / 500 "
-             "(Fashion-MNIST) labelled surrogate inputs alone (the tables' rule); **threshold** = the same scorer, "
+             "paired on the same draws: **surrogate** = fitted and thresholded on the labelled surrogate inputs alone ("
+             + ", ".join(f"{n} on {d}" for d, n in sorted({(r["dataset"], r["n_surrogate"]) for r in rows}))
+             + "; the tables' rule); **threshold** = the same scorer, "
              "threshold re-set on the traffic's scores; **fit** = scorer fitted and thresholded (out-of-fold, "
              "split-conformal) on surrogate + traffic, each traffic query labelled by the target's prediction. Rates "
              "are means over seeds and draws.", ""]
