@@ -14,7 +14,7 @@ from dnnpiracy.attack import (
 )
 from dnnpiracy.attack.scorers import Evidence
 from dnnpiracy.attack.thresholds import conformal_threshold, paper_thresholds
-from dnnpiracy.config import DetectorConfig, GanConfig
+from dnnpiracy.config import ConfigError, DetectorConfig, GanConfig
 from dnnpiracy.models import arch_info, build_model
 
 
@@ -197,7 +197,7 @@ def test_calibrate_on_traffic_sets_one_quantile_threshold(tiny_target):
     ds, splits, target = tiny_target
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
-                       DetectorConfig(detector="knn-input"), tau=2.0)
+                       DetectorConfig(detector="knn-input", fpr_confidence=None), tau=2.0)
     traffic = ds.test_x[ev[:60]]
     cal = det.calibrate_on_traffic(traffic, target_fpr=0.1)
     scores = det.inspect(traffic).scores
@@ -225,7 +225,7 @@ def test_fit_on_traffic_labels_traffic_by_the_target_and_thresholds_on_both(tiny
     assert torch.allclose(ins.scores, torch.zeros(60), atol=1e-4)
     # one threshold, the conformal quantile of all surrogate + traffic out-of-fold scores
     from dnnpiracy.attack.thresholds import conformal_threshold
-    assert torch.allclose(det.thresholds, torch.full((10,), conformal_threshold(det.calibration_scores, 0.01)))
+    assert torch.allclose(det.thresholds, torch.full((10,), conformal_threshold(det.calibration_scores, 0.01, 0.9)))
     with pytest.raises(ValueError, match="paper rule"):
         fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
                      DetectorConfig(detector="paper"), tau=2.0, traffic_x=traffic)
@@ -310,3 +310,27 @@ def test_stratified_folds_use_every_fold_when_classes_are_smaller_than_the_fold_
         assert len(torch.unique(f[y == c])) == 10
     with pytest.raises(ValueError, match="folds"):
         stratified_folds(y, 1)
+
+
+def test_confident_threshold_bounds_the_fpr_per_draw_not_only_on_average():
+    from dnnpiracy.attack.thresholds import exceed_probability, threshold_rank
+    # P(FPR > a) for the largest of n scores is (1 - a)^n; Binomial(n, a) <= rank - 1 in general
+    assert exceed_probability(500, 1, 0.01) == pytest.approx(0.99 ** 500)
+    assert exceed_probability(500, 2, 0.01) == pytest.approx(0.99 ** 500 + 500 * 0.01 * 0.99 ** 499)
+    assert threshold_rank(500, 0.01) == 5                       # ceil(501 * 0.99) = 496th smallest
+    assert threshold_rank(500, 0.01, 0.9) == 2                  # P(Bin(500, .01) <= 1) = 0.040, <= 2: 0.123
+    assert threshold_rank(100, 0.01, 0.9) == threshold_rank(100, 0.01) == 1   # the best 100 scores can do
+    assert threshold_rank(5, 0.01, 0.9) is None                 # not even the average rule
+    assert threshold_rank(500, 0.01, 0.01) == 5                 # never less conservative than the average rule
+    scores = torch.arange(1, 501, dtype=torch.float64)
+    assert conformal_threshold(scores, 0.01) == 496.0 and conformal_threshold(scores, 0.01, 0.9) == 499.0
+    # simulated calibration draws: the realised FPR exceeds the target in <= 10 % of them (about half on average)
+    gen = torch.Generator().manual_seed(0)
+    over = {None: 0, 0.9: 0}
+    for _ in range(400):
+        cal = torch.rand(500, generator=gen, dtype=torch.float64)
+        for conf in over:
+            over[conf] += (1 - conformal_threshold(cal, 0.01, conf)) > 0.01     # uniform scores: FPR = 1 - thr
+    assert over[0.9] / 400 <= 0.1 and over[None] / 400 > 0.3
+    with pytest.raises(ConfigError, match="fpr_confidence"):
+        DetectorConfig(fpr_confidence=1.0)

@@ -31,6 +31,9 @@ def test_a_cells_key_names_only_what_its_detector_uses():
     assert replace(calibrated, calibration_folds=20).key() != calibrated.key()
     assert replace(calibrated, gan_epochs=7).key() == calibrated.key()           # a calibrated detector trains no GAN
     assert replace(paper, gan_epochs=7).key() != paper.key()
+    assert calibrated.fpr_confidence == 0.9                                      # the confident rule by default
+    assert replace(calibrated, fpr_confidence=None).key() != calibrated.key()
+    assert replace(paper, fpr_confidence=None).key() == paper.key()              # the paper rule calibrates nothing
 
 
 def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):

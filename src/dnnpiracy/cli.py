@@ -178,6 +178,9 @@ def owner_report(watermarked, clean, out):
               help="paper rule margin (default 2 MNIST, 0.65 Fashion-MNIST)")
 @click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
               show_default=True, help="calibrated rule: clean false-positive rate to aim for")
+@click.option("--fpr-confidence", type=click.FloatRange(0, 1, max_open=True), default=DetectorConfig.fpr_confidence,
+              show_default=True, help="calibrated rule: the FPR stays <= --target-fpr in this share of surrogate "
+                                      "draws (0: only on average over draws, plain split conformal)")
 @click.option("--traffic", type=click.IntRange(0, None), default=0, show_default=True,
               help="re-set the threshold on this many unlabelled clean queries, held out of the evaluation "
                    "(0: threshold from the surrogate set)")
@@ -196,8 +199,9 @@ def owner_report(watermarked, clean, out):
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, traffic, traffic_use,
-        surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir, data_dir):
+def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, fpr_confidence,
+        traffic, traffic_use, surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir,
+        data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
     from dnnpiracy.experiments.runner import run as run_fn
@@ -207,6 +211,7 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
                     trigger=TriggerConfig(trigger_label=trigger_label, blocks=blocks, seed=seed,
                                           pattern=trigger_pattern),
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
+                                            fpr_confidence=fpr_confidence or None,
                                             heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs),
                                             traffic=traffic, traffic_use=traffic_use,
                                             surrogate_fraction=surrogate_fraction),

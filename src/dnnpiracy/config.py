@@ -70,6 +70,8 @@ class DetectorConfig:
     heatmap_layer: str | None = None   # None = the architecture's default (arch_info)
     tau: float | None = None      # paper rule: flag if score > alpha_y + tau (None = dataset default)
     target_fpr: float = 0.01      # calibrated rule: aim for this clean false-positive rate (conformal)
+    fpr_confidence: float | None = 0.9   # calibrated rule: FPR <= target_fpr in this share of surrogate draws
+    #                               (training-conditional conformal); None = only on average over draws
     calibration_folds: int = 0    # calibrated rule: cross-fitting on the surrogate set: 0 = leave-one-out (exact,
     #                               closed form for Mahalanobis / nearest neighbours), K >= 2 = K stratified folds;
     #                               the DCGAN scorer uses at most 5 folds (0 -> 5)
@@ -81,6 +83,7 @@ class DetectorConfig:
     def __post_init__(self) -> None:
         _check(0 < self.surrogate_fraction < 1, "surrogate_fraction must be in (0, 1)")
         _check(0 < self.target_fpr < 1, "target_fpr must be in (0, 1)")
+        _check(self.fpr_confidence is None or 0 < self.fpr_confidence < 1, "fpr_confidence must be in (0, 1) or None")
         _check(self.calibration_folds == 0 or 2 <= self.calibration_folds <= 1000,
                "calibration_folds must be 0 (leave-one-out) or in 2..1000")
         _check(self.traffic >= 0, "traffic must be >= 0 (0 = threshold from the surrogate set)")

@@ -5,7 +5,8 @@ scorer fitted on the surrogate set, and a threshold rule.
 ``default`` is the best design found on development targets (results/detector_selection.md, then
 results/detector_selection_round2.md): the Mahalanobis distance of all pooled stage activations, the Mahalanobis
 distance of the raw input and its nearest-neighbour distance, each standardised by its out-of-fold surrogate scores,
-summed, and thresholded by cross-fitted split conformal calibration at a 1 % target FPR.  The first round's choice,
+summed, and thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 % confidence
+over the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  The first round's choice,
 ``ensemble-stages-input`` (without the input's Mahalanobis term), stays selectable, and is the default on
 Fashion-MNIST: the default is chosen per dataset on that dataset's development target (``default_detector``).
 """
@@ -153,7 +154,8 @@ class Detector:
         """The same fitted detector with the calibrated threshold for another target FPR."""
         if self.spec.rule != "calibrated":
             raise ValueError(f"detector {self.name!r} uses the {self.spec.rule} rule, not the calibrated one")
-        thr = calibrated_thresholds(self.calibration_scores, target_fpr, self.num_classes)
+        thr = calibrated_thresholds(self.calibration_scores, target_fpr, self.num_classes,
+                                    self.fit_info.get("fpr_confidence"))
         return replace(self, thresholds=thr, fit_info={**self.fit_info, "target_fpr": target_fpr})
 
     def calibrate_on_traffic(self, x: torch.Tensor, target_fpr: float = 0.01, probe: Probe | None = None) -> "Detector":
@@ -164,7 +166,7 @@ class Detector:
         if not 0 < target_fpr < 1:
             raise ValueError(f"target_fpr must be in (0, 1), got {target_fpr}")
         scores = self.inspect(x, probe).scores
-        thr = calibrated_thresholds(scores, target_fpr, self.num_classes)
+        thr = calibrated_thresholds(scores, target_fpr, self.num_classes, self.fit_info.get("fpr_confidence"))
         if not torch.isfinite(thr).all():
             raise ValueError(f"{len(x)} traffic queries cannot pin a {target_fpr:g} quantile: need at least "
                              f"{math.ceil(1 / target_fpr)}")
@@ -238,9 +240,9 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
             folds = 5 if folds == LEAVE_ONE_OUT else min(folds, 5)
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
         scorer.fit(ev, surrogate_y, y_pred)
-        thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes)
-        info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "n_calibration": int(len(oof)),
-                      "calibration_folds": folds}
+        thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes, cfg.fpr_confidence)
+        info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "fpr_confidence": cfg.fpr_confidence,
+                      "n_calibration": int(len(oof)), "calibration_folds": folds}
         if traffic_x is not None:
             info_extra.update(threshold_source="surrogate+traffic", fit_source="surrogate+traffic",
                               n_traffic=len(traffic_x))

@@ -27,11 +27,13 @@ import torch
 
 from dnnpiracy.attack.scorers import Evidence, Scorer
 from dnnpiracy.attack.thresholds import conformal_threshold
+from dnnpiracy.config import DetectorConfig
 from dnnpiracy.evaluation.metrics import auroc
 
 
 def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor, target_fpr: float = 0.01,
-                        n_traffic: int = 500, repeats: int = 50, seed: int = 0, contaminated: bool = False) -> dict:
+                        n_traffic: int = 500, repeats: int = 50, seed: int = 0, contaminated: bool = False,
+                        confidence: float | None = DetectorConfig.fpr_confidence) -> dict:
     """Mean/std of held-out FPR and trigger FNR when the threshold is the conformal quantile of ``n_traffic`` random
     clean scores (plus every trigger score if ``contaminated``)."""
     clean, trig = torch.as_tensor(clean_scores).double(), torch.as_tensor(trigger_scores).double()
@@ -45,11 +47,12 @@ def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor
     for _ in range(repeats):
         perm = torch.randperm(len(clean), generator=gen)
         cal, held = clean[perm[:n_traffic]], clean[perm[n_traffic:]]
-        thr = conformal_threshold(torch.cat([cal, trig]) if contaminated else cal, target_fpr)
+        thr = conformal_threshold(torch.cat([cal, trig]) if contaminated else cal, target_fpr, confidence)
         fprs.append(float((held > thr).double().mean()))
         fnrs.append(float((trig <= thr).double().mean()))
         thresholds.append(thr)
-    return {"target_fpr": target_fpr, "n_traffic": n_traffic, "repeats": repeats, "contaminated": contaminated,
+    return {"target_fpr": target_fpr, "fpr_confidence": confidence, "n_traffic": n_traffic, "repeats": repeats,
+            "contaminated": contaminated,
             "n_heldout": len(clean) - n_traffic, "n_triggers": len(trig),
             "fpr_mean": statistics.fmean(fprs), "fpr_std": _sd(fprs),
             "fnr_mean": statistics.fmean(fnrs), "fnr_std": _sd(fnrs),
@@ -59,7 +62,7 @@ def traffic_calibration(clean_scores: torch.Tensor, trigger_scores: torch.Tensor
 def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogate_y: torch.Tensor,
                 surrogate_pred: torch.Tensor, clean: Evidence, clean_pred: torch.Tensor, triggers: Evidence,
                 trigger_pred: torch.Tensor, target_fpr: float = 0.01, n_traffic: int = 500, repeats: int = 10,
-                seed: int = 0, folds: int = 0) -> dict:
+                seed: int = 0, folds: int = 0, confidence: float | None = DetectorConfig.fpr_confidence) -> dict:
     """Over ``repeats`` draws of ``n_traffic`` clean inputs as unlabelled traffic, held-out FPR / trigger FNR / AUROC
     of three thresholdings of the same scorer design, paired on the draw:
 
@@ -76,7 +79,7 @@ def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogat
     base_oof = base.oof_scores(surrogate, surrogate_y, surrogate_pred, folds, seed)
     base.fit(surrogate, surrogate_y, surrogate_pred)
     base_clean, base_trig = base.score(clean, clean_pred), base.score(triggers, trigger_pred)
-    base_thr = conformal_threshold(base_oof, target_fpr)
+    base_thr = conformal_threshold(base_oof, target_fpr, confidence)
     gen = torch.Generator().manual_seed(seed)
     rates: dict[str, dict[str, list[float]]] = {m: {"fpr": [], "fnr": [], "auroc": []}
                                                 for m in ("surrogate", "threshold", "fit")}
@@ -90,7 +93,7 @@ def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogat
         perm = torch.randperm(len(clean_pred), generator=gen)
         tr, held = perm[:n_traffic], perm[n_traffic:]
         record("surrogate", base_clean[held], base_trig, base_thr)
-        record("threshold", base_clean[held], base_trig, conformal_threshold(base_clean[tr], target_fpr))
+        record("threshold", base_clean[held], base_trig, conformal_threshold(base_clean[tr], target_fpr, confidence))
         ev = Evidence.cat([surrogate, clean.take(tr)])
         y = torch.cat([surrogate_y, clean_pred[tr]])
         y_pred = torch.cat([surrogate_pred, clean_pred[tr]])
@@ -98,8 +101,9 @@ def traffic_fit(make_scorer: Callable[[], Scorer], surrogate: Evidence, surrogat
         oof = sc.oof_scores(ev, y, y_pred, folds, seed)
         sc.fit(ev, y, y_pred)
         record("fit", sc.score(clean.take(held), clean_pred[held]), sc.score(triggers, trigger_pred),
-               conformal_threshold(oof, target_fpr))
-    out = {"target_fpr": target_fpr, "n_traffic": n_traffic, "repeats": repeats, "folds": folds,
+               conformal_threshold(oof, target_fpr, confidence))
+    out = {"target_fpr": target_fpr, "fpr_confidence": confidence, "n_traffic": n_traffic,
+           "repeats": repeats, "folds": folds,
            "n_surrogate": len(surrogate_y), "n_heldout": len(clean_pred) - n_traffic, "n_triggers": len(trigger_pred)}
     for mode, r in rates.items():
         for k, v in r.items():

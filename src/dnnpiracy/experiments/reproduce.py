@@ -101,13 +101,17 @@ class Cell:
     target_fprs: tuple[float, ...] = ()
     surrogate_fraction: float = DetectorConfig.surrogate_fraction
     calibration_folds: int = DetectorConfig.calibration_folds   # calibrated rule's cross-fitting (0 = leave-one-out)
+    fpr_confidence: float | None = DetectorConfig.fpr_confidence  # calibrated: FPR <= target in this share
 
     def key(self) -> str:
         d = asdict(self)
         if d["surrogate_fraction"] == 0.05:    # cells at the paper's 5 % keep the keys they had before the field
             del d["surrogate_fraction"]
-        if resolve_spec(self.detector).rule == "paper":   # the paper rule cross-fits nothing
+        if d["fpr_confidence"] is None:        # cells of the average-only rule keep the keys they had before the field
+            del d["fpr_confidence"]
+        if resolve_spec(self.detector).rule == "paper":   # the paper rule cross-fits nothing, calibrates nothing
             del d["calibration_folds"]
+            d.pop("fpr_confidence", None)
         else:                                             # a calibrated detector trains no GAN
             del d["gan_epochs"]
         return config_key({**d, "v": 1})
@@ -163,7 +167,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     taus = list(cell.taus)
     cfg = DetectorConfig(detector=cell.detector, seed=cell.seed, gan=GanConfig(epochs=cell.gan_epochs),
-                         calibration_folds=cell.calibration_folds)
+                         calibration_folds=cell.calibration_folds, fpr_confidence=cell.fpr_confidence)
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, taus[0], ds.num_classes)
     cam = make_cam(target.model, info)
     probes = {"clean": cam(ds.test_x[ev]), "triggers": cam(target.triggers.images),
@@ -231,7 +235,9 @@ def aggregate(spec: dict, profile: Profile, cells: list[Cell], outs: list[dict])
         rows.append({
             "table": spec["id"], "dataset": items[0][0].dataset, "trigger_label": label, "arch": arch,
             "blocks": blocks, "tau": thr if thr_kind == "tau" else None,
-            "target_fpr": thr if thr_kind == "target_fpr" else None, "detector": det, "profile": profile.name,
+            "target_fpr": thr if thr_kind == "target_fpr" else None,
+            "fpr_confidence": items[0][0].fpr_confidence if thr_kind == "target_fpr" else None,
+            "detector": det, "profile": profile.name,
             "seeds": sorted({c.seed for c, _, _ in items}),
             "target_test_accuracy": _mean_std([r["target_test_accuracy"] for r in rs])[0],
             "target_trigger_accuracy": _mean_std([r["target_trigger_accuracy"] for r in rs])[0],
@@ -256,7 +262,10 @@ def _rate(r: dict, key: str, p: int) -> str:
 
 
 def _threshold(r: dict) -> str:
-    return f"tau {r['tau']}" if r["tau"] is not None else f"target FPR {r['target_fpr']}"
+    if r["tau"] is not None:
+        return f"tau {r['tau']}"
+    conf = r.get("fpr_confidence")
+    return f"target FPR {r['target_fpr']}" + (f" ({conf:.0%} confidence)" if conf else " (on average)")
 
 
 # the bar for the default detector, per dataset: (max FPR, max FNR), each on the mean over seeds

@@ -39,8 +39,10 @@ def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Pat
         if not out.get("scores") or base is None:
             continue
         clean, trig = torch.tensor(out["scores"]["clean"]), torch.tensor(out["scores"]["triggers"])
-        t = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed)
-        c = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed, contaminated=True)
+        t = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed,
+                                confidence=cell.fpr_confidence)
+        c = traffic_calibration(clean, trig, target_fpr, n_traffic, repeats, seed=cell.seed, contaminated=True,
+                                confidence=cell.fpr_confidence)
         groups.setdefault((cell.trigger_label, cell.arch, cell.blocks, cell.detector), []).append(
             {"seed": cell.seed, "surrogate_fpr": base["fpr"], "surrogate_fnr": base["fnr"],
              "traffic_fpr": t["fpr_mean"], "traffic_fnr": t["fnr_mean"],
@@ -152,10 +154,11 @@ def _traffic_fit_cell(cell: Cell, ds: Dataset, cache_dir: Path, design: str, tar
     for name, x in (("surrogate", ds.test_x[sur]), ("clean", ds.test_x[ev]), ("triggers", target.triggers.images)):
         probe = cam(x)
         evidence[name] = (Evidence.from_probe(probe, x, info.penultimate), probe.predictions)
-    cfg = DetectorConfig(detector=design, seed=cell.seed)
+    cfg = DetectorConfig(detector=design, seed=cell.seed, fpr_confidence=cell.fpr_confidence)
     return traffic_fit(lambda: SCORERS[resolve_spec(design).scorer](cfg), evidence["surrogate"][0],
                        ds.test_y[sur], evidence["surrogate"][1], *evidence["clean"], *evidence["triggers"],
-                       target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds)
+                       target_fpr, n_traffic, repeats, seed=cell.seed, folds=cfg.calibration_folds,
+                       confidence=cfg.fpr_confidence)
 
 
 def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: Path, target_fpr: float = 0.01,
