@@ -276,15 +276,19 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--max-cells", type=click.IntRange(1, None), default=None, help="stop after this many cells")
 @click.option("--cached-only", is_flag=True, help="render from the finished (cached) cells alone; compute nothing")
+@click.option("--fpr-confidence", type=click.FloatRange(0, 1, max_open=True), default=DetectorConfig.fpr_confidence,
+              show_default=True, help="calibrated rule: FPR <= target in this share of surrogate draws (0: on "
+                                      "average only)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def reproduce(table, profile, out, max_cells, cached_only, cache_dir, data_dir):
+def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, cache_dir, data_dir):
     """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json."""
     from dnnpiracy.experiments.reproduce import TABLES
     from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
     for t in (TABLES if table == "all" else (table,)):
         res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
-                           command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only)
+                           command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only,
+                           fpr_confidence=fpr_confidence or None)
         click.echo(f"table {t}: {res['meta']['cells_done']}/{res['meta']['cells_total']} cells -> "
                    f"{Path(out) / f'table{t}.md'}")
 

@@ -15,7 +15,7 @@ import math
 import statistics
 import time
 import tomllib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -45,6 +45,7 @@ class Profile:
     note: str
     # dataset -> the attacker's labelled share of the test set; unlisted datasets take the paper's 5 %
     surrogate_fractions: dict[str, float] = field(default_factory=dict)
+    fpr_confidence: float | None = DetectorConfig.fpr_confidence     # the calibrated rule's (None: on average only)
 
     def surrogate_fraction(self, dataset: str) -> float:
         return self.surrogate_fractions.get(dataset, DetectorConfig.surrogate_fraction)
@@ -146,7 +147,8 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                         cells.append(Cell(dataset_name, used, label, blocks, seed, det, train,
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
                                           tuple(spec.get("target_fprs", [0.01])),
-                                          profile.surrogate_fraction(dataset_name)))
+                                          profile.surrogate_fraction(dataset_name),
+                                          fpr_confidence=profile.fpr_confidence))
     return cells
 
 
@@ -385,11 +387,13 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
-              command: str = "", cached_only: bool = False) -> dict:
+              command: str = "", cached_only: bool = False,
+              fpr_confidence: float | None = DetectorConfig.fpr_confidence) -> dict:
     """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
-    return reproduce_spec(load_table(table), PROFILES[profile_name], out_dir, cache_dir, data_dir, max_cells,
+    profile = replace(PROFILES[profile_name], fpr_confidence=fpr_confidence)
+    return reproduce_spec(load_table(table), profile, out_dir, cache_dir, data_dir, max_cells,
                           progress, log, command, cached_only)
 
 
