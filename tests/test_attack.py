@@ -226,6 +226,9 @@ def test_fit_on_traffic_labels_traffic_by_the_target_and_thresholds_on_both(tiny
     # one threshold, the conformal quantile of all surrogate + traffic out-of-fold scores
     from dnnpiracy.attack.thresholds import conformal_threshold
     assert torch.allclose(det.thresholds, torch.full((10,), conformal_threshold(det.calibration_scores, 0.01, 0.9)))
+    n = det.fit_info["n_calibration"]
+    assert det.fit_info["fpr_confidence"] == 0.9 and det.fit_info["threshold_rank"] >= 1
+    assert det.fit_info["fpr_exceed_probability"] == pytest.approx(0.99 ** n)     # too few scores: the largest
     with pytest.raises(ValueError, match="paper rule"):
         fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
                      DetectorConfig(detector="paper"), tau=2.0, traffic_x=traffic)

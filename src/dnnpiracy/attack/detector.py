@@ -33,7 +33,7 @@ from dnnpiracy.attack.scorers import (
     MahalanobisScorer,
     Scorer,
 )
-from dnnpiracy.attack.thresholds import calibrated_thresholds, paper_thresholds
+from dnnpiracy.attack.thresholds import calibrated_thresholds, exceed_probability, paper_thresholds, threshold_rank
 from dnnpiracy.config import DetectorConfig, GanConfig
 from dnnpiracy.models import ArchInfo
 
@@ -241,8 +241,12 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
         oof = scorer.oof_scores(ev, surrogate_y, y_pred, folds=folds, seed=cfg.seed)
         scorer.fit(ev, surrogate_y, y_pred)
         thresholds = calibrated_thresholds(oof, cfg.target_fpr, num_classes, cfg.fpr_confidence)
+        n_cal = int(torch.isfinite(oof).sum())
+        rank = threshold_rank(n_cal, cfg.target_fpr, cfg.fpr_confidence)
         info_extra = {"rule": "calibrated", "target_fpr": cfg.target_fpr, "fpr_confidence": cfg.fpr_confidence,
-                      "n_calibration": int(len(oof)), "calibration_folds": folds}
+                      "n_calibration": int(len(oof)), "calibration_folds": folds, "threshold_rank": rank,
+                      # P(clean FPR > target) over surrogate draws at this rank (exchangeability)
+                      "fpr_exceed_probability": exceed_probability(n_cal, rank, cfg.target_fpr) if rank else None}
         if traffic_x is not None:
             info_extra.update(threshold_source="surrogate+traffic", fit_source="surrogate+traffic",
                               n_traffic=len(traffic_x))
