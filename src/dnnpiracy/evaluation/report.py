@@ -48,7 +48,9 @@ def summary_markdown(r: dict) -> str:
         "",
         f"Detector: `{r['detector']}` ({r['detector_spec'].get('description') or r['detector_spec']['scorer']}), "
         f"rule {r['detector_spec']['rule']}"
-        + (f", tau {r['tau']}" if r.get("tau") is not None else f", target FPR {r['target_fpr']}")
+        + (f", tau {r['tau']}" if r.get("tau") is not None else f", target FPR {r['target_fpr']}" + (
+            f" held with {conf:.0%} confidence over surrogate draws"
+            if (conf := r.get("config", {}).get("detector", {}).get("fpr_confidence")) else " on average"))
         + f", heatmap layer {r['detector_spec']['heatmap_layer']}.",
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in r["timings"].items()),
