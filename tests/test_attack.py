@@ -337,3 +337,31 @@ def test_confident_threshold_bounds_the_fpr_per_draw_not_only_on_average():
     assert over[0.9] / 400 <= 0.1 and over[None] / 400 > 0.3
     with pytest.raises(ConfigError, match="fpr_confidence"):
         DetectorConfig(fpr_confidence=1.0)
+
+
+def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
+    """A 5x5 white square stamped on one clean-looking image is that image's most unusual window: it outscores
+    every clean query, although it changes only 25 of 784 pixels.  Its closed-form leave-one-out equals refitting
+    without each sample, class-conditional or not; non-square evidence is refused by name."""
+    from dnnpiracy.attack.scorers import PatchKNNScorer, Scorer
+    gen = torch.Generator().manual_seed(0)
+    base = F.avg_pool2d(torch.rand(60, 1, 32, 32, generator=gen), 5, 1)[:, :, :28, :28] * 0.5   # smooth, dim
+    y = torch.arange(60) % 3
+    ref, queries = base[:45], base[45:].clone()
+    queries[0, 0, 10:15, 12:17] = 1.0
+    scorer = PatchKNNScorer("input", patch=5, stride=2).fit(Evidence(input=ref.flatten(1)), y[:45])
+    s = scorer.score(Evidence(input=queries.flatten(1)), y[45:])
+    assert s[0] > s[1:].max() * 1.5
+    small = Evidence(input=base[:14].flatten(1))
+    ys = torch.tensor([0] * 6 + [1] * 7 + [2])                  # class 2 has one sample: empty without it
+    yp = ys.clone()
+    yp[[0, 7]] = torch.tensor([1, 0])
+    for cc in (True, False):
+        sc = PatchKNNScorer("input", patch=7, stride=3, reach=1, class_conditional=cc)
+        fast, slow = sc.loo_scores(small, ys, yp), Scorer.loo_scores(sc, small, ys, yp)
+        assert torch.equal(torch.isinf(fast), torch.isinf(slow))
+        ok = torch.isfinite(fast)
+        assert torch.allclose(fast[ok], slow[ok], atol=1e-5)
+    assert torch.isinf(PatchKNNScorer("input").loo_scores(small, ys, yp)[13])   # alone in its class
+    with pytest.raises(ValueError, match="square"):
+        PatchKNNScorer("input").fit(Evidence(input=torch.rand(4, 30)), torch.zeros(4, dtype=torch.long))

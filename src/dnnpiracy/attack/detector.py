@@ -31,6 +31,7 @@ from dnnpiracy.attack.scorers import (
     HeatmapMassScorer,
     KNNScorer,
     MahalanobisScorer,
+    PatchKNNScorer,
     Scorer,
 )
 from dnnpiracy.attack.thresholds import calibrated_thresholds, exceed_probability, paper_thresholds, threshold_rank
@@ -58,6 +59,18 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "mahalanobis-stages": lambda cfg: MahalanobisScorer("stages"),
     "mahalanobis-input": lambda cfg: MahalanobisScorer("input"),
     "mass": lambda cfg: HeatmapMassScorer(),
+    "patch-input": lambda cfg: PatchKNNScorer("input"),
+    "patch-input-any": lambda cfg: PatchKNNScorer("input", class_conditional=False),
+    "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), KNNScorer("input", k=1), PatchKNNScorer("input")], "sum",
+        cfg.calibration_folds, cfg.seed),
+    "patch-input-p5": lambda cfg: PatchKNNScorer("input", patch=5),
+    "patch-input-p9": lambda cfg: PatchKNNScorer("input", patch=9),
+    "ensemble-mahalanobis-stages-input-knn-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input")],
+        "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-stages-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), PatchKNNScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-heatmap-features-input": lambda cfg: EnsembleScorer(
         [KNNScorer("heatmap", k=1), MahalanobisScorer("features"), KNNScorer("input", k=1)], "sum",
         cfg.calibration_folds, cfg.seed),

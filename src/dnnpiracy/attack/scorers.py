@@ -9,6 +9,7 @@ A scorer reads one kind of evidence from a :class:`~dnnpiracy.attack.heatmaps.Pr
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -265,6 +266,97 @@ def _scatter_eigen(D: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep = w > w.max().clamp_min(0) * 1e-12 * n
     w, P = w[keep], P[:, keep]
     return w, (D.T @ P) / w.sqrt()
+
+
+class PatchKNNScorer(Scorer):
+    """Local anomaly: the query's most unusual patch.  Every ``patch`` x ``patch`` window of the image (stride
+    ``stride``) is compared with the windows of the predicted class's surrogate images at the same place, give or
+    take ``reach`` grid steps; a window's score is its distance to the nearest of those, and the query's score is
+    the largest window score (PatchCore, Roth et al. 2022, on pixels).  Knows nothing of the trigger's shape: a
+    small stamp anywhere in an otherwise ordinary image is what it is sensitive to, and what a whole-image distance
+    averages away."""
+
+    name = "patch-knn"
+
+    def __init__(self, evidence: str = "input", patch: int = 7, stride: int = 2, reach: int = 1,
+                 class_conditional: bool = True):
+        self.evidence, self.patch, self.stride, self.reach = evidence, patch, stride, reach
+        self.class_conditional = class_conditional
+        self.refs: dict[int, torch.Tensor] = {}
+
+    def _patches(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, D) flat square images -> (N, L, patch*patch) windows on a g x g grid."""
+        X = X.flatten(1).float()
+        side = math.isqrt(X.shape[1])
+        if side * side != X.shape[1] or side < self.patch:
+            raise ValueError(f"patch scorer needs square images of side >= {self.patch}, got {X.shape[1]} values")
+        cols = torch.nn.functional.unfold(X.view(-1, 1, side, side), self.patch, stride=self.stride)
+        return cols.transpose(1, 2).contiguous()
+
+    def _neighbours(self, L: int) -> torch.Tensor:
+        """(L, (2 reach + 1)^2) grid positions within reach of each position; at the border, positions repeat
+        (a repeated candidate does not change a minimum)."""
+        g = math.isqrt(L)
+        i, j = torch.arange(g).repeat_interleave(g), torch.arange(g).repeat(g)
+        off = torch.arange(-self.reach, self.reach + 1)
+        ii = (i[:, None] + off[None, :]).clamp(0, g - 1)                # (L, 2r+1)
+        jj = (j[:, None] + off[None, :]).clamp(0, g - 1)
+        return (ii[:, :, None] * g + jj[:, None, :]).flatten(1)          # (L, (2r+1)^2)
+
+    def _per_ref(self, Q: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
+        """(B, n, L): per query window, its distance to the nearest window of each of the n reference images
+        within reach (one batched distance computation over the L positions)."""
+        B, L, d = Q.shape
+        n = R.shape[0]
+        nb = self._neighbours(L)                                         # (L, m)
+        cand = R[:, nb].permute(1, 0, 2, 3).reshape(L, n * nb.shape[1], d)   # (L, n*m, d)
+        dist = torch.cdist(Q.transpose(0, 1), cand)                      # (L, B, n*m)
+        return dist.view(L, B, n, nb.shape[1]).min(3).values.permute(1, 2, 0)
+
+    def chunk(self, L: int, n_refs: int) -> int:
+        """Queries per batched distance computation: about 2^25 distances (128 MiB) at a time."""
+        return max(1, (1 << 25) // max(1, L * n_refs * (2 * self.reach + 1) ** 2))
+
+    def _groups_of(self, y: torch.Tensor):
+        if self.class_conditional:
+            yield from _groups(y)
+        else:
+            yield -1, torch.arange(len(y))
+
+    def fit(self, ev, y, y_pred=None):
+        P = self._patches(ev.need(self.evidence))
+        if self.class_conditional:
+            self.refs = {c: P[idx] for c, idx in _groups(y)}
+        else:
+            self.refs = {-1: P}
+        return self
+
+    def score(self, ev, y):
+        P = self._patches(ev.need(self.evidence))
+        out = torch.full((len(P),), float("inf"))
+        for c, idx in self._groups_of(y):
+            ref = self.refs.get(c)
+            if ref is None or len(ref) == 0:
+                continue
+            for chunk in idx.split(self.chunk(P.shape[1], len(ref))):
+                out[chunk] = self._per_ref(P[chunk], ref).min(1).values.max(1).values
+        return out
+
+    def loo_scores(self, ev, y_true, y_pred):
+        """Exact leave-one-out: each sample against the references of its predicted class, itself excluded."""
+        P = self._patches(ev.need(self.evidence))
+        out = torch.full((len(P),), float("inf"))
+        for c, idx in self._groups_of(y_pred):
+            cols = torch.nonzero(y_true == c).flatten() if self.class_conditional else torch.arange(len(P))
+            if len(cols) == 0:
+                continue
+            for chunk in idx.split(self.chunk(P.shape[1], len(cols))):
+                d = self._per_ref(P[chunk], P[cols])                       # (b, n, L)
+                d[chunk[:, None] == cols[None, :]] = float("inf")          # a sample is not its own reference
+                best = d.min(1).values.max(1).values
+                ok = torch.isfinite(best)
+                out[chunk[ok]] = best[ok]
+        return out
 
 
 class DCGANScorer(Scorer):
