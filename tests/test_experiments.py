@@ -13,10 +13,14 @@ def test_tables_declare_the_paper_grid():
     assert 0.1 in t5["taus"] and 20.0 in t5["taus"]
     assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
     cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
-    assert len(cells) == 10 * 3 * 3 and {c.arch for c in cells} == {"resnet18"}   # "default" repeats one design
-    assert {c.detector for c in cells} == {"paper", "ensemble-stages-input", "ensemble-mahalanobis-stages-input-knn"}
+    previous = {"ensemble-stages-input", "ensemble-mahalanobis-stages-input-knn"}     # the earlier defaults
+    assert len(cells) == 10 * 3 * 4 and {c.arch for c in cells} == {"resnet18"}
+    assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch"} | previous
     fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
-    assert len(fashion) == 10 * 3 * 3 and {c.detector for c in fashion} == {c.detector for c in cells}
+    assert len(fashion) == 10 * 3 * 4 and {c.detector for c in fashion} == {"paper", "patch-input"} | previous
+    # "default" and the name it stands for are one design, run once
+    assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch"]),
+                           PROFILES["cpu"], "mnist-10k")) == 10 * 3
     assert {c.arch for c in table_cells(t3, PROFILES["cpu"], "mnist-10k")} == {"resnet34", "resnet101", "resnet152"}
     assert len({c.key() for c in cells}) == len(cells)
 
