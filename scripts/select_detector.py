@@ -27,12 +27,19 @@ from dnnpiracy.experiments.reproduce import BARS, PROFILES
 from dnnpiracy.experiments.runner import CPU_TRAIN, get_target
 from dnnpiracy.io import atomic_write_text, git_commit, write_json
 from dnnpiracy.models import arch_info
+from dnnpiracy.watermark import fresh_triggers_for
 
 DEV = [("fashion-mnist", 3, 1), ("mnist-10k", 3, 1)]
+# --more-dev adds a development target on Fashion-MNIST's hardest class (Shirt, the lowest class accuracy), at a seed
+# no reported table uses (the tables use seeds 0-2, so its triggers are neither theirs nor their placements)
+MORE_DEV = [("fashion-mnist", 6, 7)]
 
 
-def _rates(se: torch.Tensor, st: torch.Tensor, thr: float) -> list[float]:
-    return [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()), float((st > thr).float().mean())]
+def _rates(se: torch.Tensor, st: torch.Tensor, thr: float, sf: torch.Tensor | None = None) -> list[float]:
+    """AUROC, TPR at 1 % FPR, FPR, TPR on the 15 embedded triggers, and (with ``sf``, the scores of the fresh
+    triggers the target sends to the trigger label) TPR on those: the same trigger at many more placements."""
+    out = [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()), float((st > thr).float().mean())]
+    return out + ([float((sf > thr).float().mean())] if sf is not None and len(sf) else [])
 
 
 def fold_tag(folds: int) -> str:
@@ -45,9 +52,9 @@ def conf_tag(confidence: float | None) -> str:
 
 def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
             folds_list: tuple[int, ...] = (LEAVE_ONE_OUT,), confidences: tuple[float | None, ...] = (None,),
-            paper_surrogate: bool = False) -> dict:
+            paper_surrogate: bool = False, dev: list | None = None) -> dict:
     raw: dict = {}
-    for dsname, label, seed in DEV:
+    for dsname, label, seed in dev or DEV:
         ds = load_dataset(dsname)
         target = get_target(ds, make_splits(ds.test_y, 0.05, seed), replace(CPU_TRAIN, seed=seed),
                             TriggerConfig(trigger_label=label, seed=seed))
@@ -57,9 +64,18 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
         ET = Evidence.from_probe(pt_probe, target.triggers.images, "avgpool")
         pa, pt = pa_probe.predictions, pt_probe.predictions
         fraction = PROFILES["cpu"].surrogate_fraction(dsname) if paper_surrogate else 0.05
+        tag_ds = dsname if (dsname, label, seed) in DEV else f"{dsname} (label {label}, seed {seed})"
         for split_seed in range(100, 100 + draws):
             sp = make_splits(ds.test_y, fraction, split_seed)
             s, e = sp.surrogate_idx, sp.evaluation_idx
+            # fresh triggers: the owner's trigger on 500 of this draw's evaluation images (as the tables' cells do)
+            fresh = fresh_triggers_for(ds, sp, TriggerConfig(trigger_label=label, seed=seed))
+            pf_probe = cam(fresh.images)
+            # kept where the stamp is what sends the image to the trigger label: the target answers the trigger
+            # label for the stamped image and not for its clean source
+            keep = (pf_probe.predictions == label) & (pa[fresh.source_idx] != label)
+            EF = Evidence.from_probe(pf_probe, fresh.images, "avgpool").take(keep)
+            pf = pf_probe.predictions[keep]
             if traffic:   # a seeded `traffic` of the evaluation inputs become the pirate's unlabelled clean queries
                 perm = torch.randperm(len(e), generator=torch.Generator().manual_seed(split_seed))
                 e, tr = e[perm[traffic:]], e[perm[:traffic]]
@@ -69,11 +85,12 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
                 oof = sc.oof_scores(EA.take(s), ds.test_y[s], pa[s], folds=folds)
                 sc.fit(EA.take(s), ds.test_y[s], pa[s])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
-                per = raw.setdefault(dsname, {})
+                sf = sc.score(EF, pf)
+                per = raw.setdefault(tag_ds, {})
                 row = name if len(folds_list) == 1 else f"{name} ({fold_tag(folds)})"
                 for conf in confidences:
                     tag = row if len(confidences) == 1 else f"{row}, {conf_tag(conf)}"
-                    per.setdefault(tag, []).append(_rates(se, st, conformal_threshold(oof, target_fpr, conf)))
+                    per.setdefault(tag, []).append(_rates(se, st, conformal_threshold(oof, target_fpr, conf), sf))
                 if not traffic:
                     continue
                 # threshold only: the surrogate-fitted scorer, thresholded on the traffic's scores
@@ -87,22 +104,29 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
                 sc.fit(EA.take(both), y_both, pa[both])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
                 per.setdefault(f"{row} +traffic fit", []).append(_rates(se, st, conformal_threshold(oof, target_fpr)))
-            print(dsname, split_seed, flush=True)
+            print(tag_ds, split_seed, flush=True)
     return raw
 
 
 def summarise(raw: dict) -> list[dict]:
     rows = []
     for dsname, per in raw.items():
+        base = dsname.split(" ")[0]
         for name, v in per.items():
-            t = torch.tensor(v)
+            t = torch.tensor([r[:4] for r in v])
+            fresh = torch.tensor([r[4] for r in v]) if all(len(r) > 4 for r in v) else None
             rows.append({"dataset": dsname, "detector": name, "draws": len(v), "auroc": float(t[:, 0].mean()),
                          "tpr_at_1pct_fpr": float(t[:, 1].mean()), "fpr_mean": float(t[:, 2].mean()),
                          "fpr_max": float(t[:, 2].max()), "fnr_mean": float(1 - t[:, 3].mean()),
                          "fnr_max": float(1 - t[:, 3].min()),
                          # share of draws meeting the issue's bar for the dataset (FPR and FNR, this draw alone)
-                         "bar_met_share": float(((t[:, 2] <= BARS[dsname][0]) & (1 - t[:, 3] <= BARS[dsname][1]))
-                                                .float().mean()) if dsname in BARS else None})
+                         "bar_met_share": float(((t[:, 2] <= BARS[base][0]) & (1 - t[:, 3] <= BARS[base][1]))
+                                                .float().mean()) if base in BARS else None,
+                         "fnr_fresh_mean": float(1 - fresh.mean()) if fresh is not None else None,
+                         # the same bar with FNR measured on the fresh triggers (many placements, not 15)
+                         "bar_met_share_fresh": float(((t[:, 2] <= BARS[base][0]) & (1 - fresh <= BARS[base][1]))
+                                                      .float().mean()) if base in BARS and fresh is not None
+                         else None})
     return rows
 
 
@@ -117,24 +141,38 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"({', '.join(fold_tag(f) for f in meta.get('folds', [20]))}; "
              f"{', '.join(conf_tag(c) for c in meta.get('confidences', [None]))}). FPR is measured on the rest of the "
              "test "
-             "set, FNR over the 15 triggers. Rates are fractions." + (
+             "set, FNR over the 15 triggers; `FNR fresh` over the owner's trigger stamped on 500 of the draw's "
+             "evaluation images, counting those the stamp sends to the trigger label (the target answers the trigger "
+             "label for the stamped image, not for its clean source): the same trigger at many more placements; "
+             "rounds 1-5 lack "
+             "it. Rates are fractions." + (
                  f" With `--traffic {meta['traffic']}`, that many evaluation inputs per draw are held out as the "
                  "pirate's unlabelled clean traffic (and leave the evaluation): `+traffic threshold` re-sets the "
                  "threshold on their scores, `+traffic fit` fits and thresholds the scorer on surrogate + traffic, "
                  "each traffic input labelled by the target's prediction." if meta.get("traffic") else ""), "",
              "| dataset | detector | AUROC | TPR@1%FPR | FPR mean | FPR max | FNR mean | FNR max | "
-             "draws meeting the bar |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "draws meeting the bar | FNR fresh | draws meeting the bar (fresh FNR) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
     for r in sorted(rows, key=lambda r: (r["dataset"], r["fnr_mean"])):
         lines.append(f"| {r['dataset']} | {r['detector']} | {r['auroc']:.4f} | {r['tpr_at_1pct_fpr']:.3f} | "
                      f"{r['fpr_mean']:.4f} | {r['fpr_max']:.4f} | {r['fnr_mean']:.3f} | {r['fnr_max']:.3f} | "
-                     + (f"{r['bar_met_share']:.2f} |" if r.get("bar_met_share") is not None else "n/a |"))
+                     f"{f(r.get('bar_met_share'), '.2f')} | {f(r.get('fnr_fresh_mean'), '.3f')} | "
+                     f"{f(r.get('bar_met_share_fresh'), '.2f')} |")
     if len(meta.get("confidences", [None])) > 1:
         lines += ["", "Unlike the earlier rounds, this comparison of threshold rules was run after the reported tables "
                   "had been seen with both rules (results/README.md, deviation 6); it is evidence from the development "
                   "targets, not a blind choice."]
     lines += ["", f"Command `{meta['command']}`, commit {meta['git_commit']}, wall {meta['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+def _load_raw(path: str) -> dict:
+    """The raw measurements of an earlier run: the ``raw`` part of a written JSON, or a bare raw dict."""
+    data = json.load(open(path))
+    return data["raw"] if "raw" in data and "meta" in data else data
 
 
 def main() -> None:
@@ -154,21 +192,26 @@ def main() -> None:
     ap.add_argument("--paper-surrogate", action="store_true",
                     help="draw the cpu profile's surrogate share per dataset (the paper's 500 images: 25 %% of "
                          "mnist-10k's test split) instead of 5 %%")
+    ap.add_argument("--more-dev", action="store_true",
+                    help="add the development target(s) of MORE_DEV (Fashion-MNIST, Shirt, seed 7)")
+    ap.add_argument("--only", choices=["fashion-mnist", "mnist-10k"],
+                    help="measure on this dataset's development targets alone")
     ap.add_argument("--reuse", help="raw JSON of an earlier run of this measurement (render only)")
     ap.add_argument("--out", default="results/detector_selection")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     t0 = time.perf_counter()
     confidences = tuple((float(c) or None) for c in args.confidences.split(",")) if args.confidences else (None,)
-    raw = json.load(open(args.reuse)) if args.reuse else measure(args.detectors.split(","), args.draws,
+    dev = [d for d in DEV + (MORE_DEV if args.more_dev else []) if args.only in (None, d[0])]
+    raw = _load_raw(args.reuse) if args.reuse else measure(args.detectors.split(","), args.draws,
                                                                   args.target_fpr, args.traffic,
                                                                   tuple(int(f) for f in args.folds.split(",")),
-                                                                  confidences, args.paper_surrogate)
+                                                                  confidences, args.paper_surrogate, dev)
     rows = summarise(raw)
     meta = {"command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
             "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV,
             "traffic": args.traffic, "folds": [int(f) for f in args.folds.split(",")],
-            "confidences": list(confidences), "paper_surrogate": args.paper_surrogate}
+            "confidences": list(confidences), "paper_surrogate": args.paper_surrogate, "dev_targets_used": dev}
     write_json(args.out + ".json", {"rows": rows, "raw": raw, "meta": meta})
     atomic_write_text(args.out + ".md", markdown(rows, meta))
     print(markdown(rows, meta))

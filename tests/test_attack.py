@@ -58,6 +58,20 @@ def test_features_collected_in_same_forward():
     probe = GradCAM(model, info.heatmap_layer, info.feature_layers)(torch.rand(4, 1, 28, 28))
     assert probe.features["layer1"].shape == (4, 64) and probe.features["avgpool"].shape == (4, 512)
     assert probe.cams.shape == (4, 1, 7, 7)
+    # each spatial stage's per-channel maximum beside its mean; none for the pooled vector
+    assert "avgpool" not in probe.peaks and probe.peaks["layer1"].shape == (4, 64)
+    for name, peak in probe.peaks.items():
+        assert (peak >= probe.features[name] - 1e-6).all()
+    with torch.no_grad():
+        x = torch.rand(4, 1, 28, 28)
+        out = {}
+        handle = model.layer2.register_forward_hook(lambda _m, _i, o: out.setdefault("l2", o))
+        model(x)
+        handle.remove()
+    probe = GradCAM(model, info.heatmap_layer, info.feature_layers, batch_size=3)(x)   # two batches, joined
+    assert torch.allclose(probe.peaks["layer2"], out["l2"].amax((2, 3)), atol=1e-5)
+    ev = Evidence.from_probe(probe, x)
+    assert ev["stages-max"].shape == (4, sum(p.shape[1] for p in probe.peaks.values()))
 
 
 def test_knn_and_mahalanobis_rank_outliers():
@@ -363,5 +377,10 @@ def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
         ok = torch.isfinite(fast)
         assert torch.allclose(fast[ok], slow[ok], atol=1e-5)
     assert torch.isinf(PatchKNNScorer("input").loo_scores(small, ys, yp)[13])   # alone in its class
+    maps = Evidence(maps=torch.randn(14, 3, 7, 7, generator=gen))             # (B, K, h, w) activation maps
+    sc = PatchKNNScorer("maps", patch=1, stride=1, reach=1)
+    fast, slow = sc.loo_scores(maps, ys, yp), Scorer.loo_scores(sc, maps, ys, yp)
+    ok = torch.isfinite(fast)
+    assert torch.equal(ok, torch.isfinite(slow)) and torch.allclose(fast[ok], slow[ok], atol=1e-5)
     with pytest.raises(ValueError, match="square"):
         PatchKNNScorer("input").fit(Evidence(input=torch.rand(4, 30)), torch.zeros(4, dtype=torch.long))

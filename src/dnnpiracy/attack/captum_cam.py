@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dnnpiracy.attack.heatmaps import CAM, Probe, _pool, minmax_scale
+from dnnpiracy.attack.heatmaps import CAM, Probe, _peak, _pool, minmax_scale
 
 
 class CaptumGradCAM(CAM):
@@ -32,6 +32,7 @@ class CaptumGradCAM(CAM):
         def grab_feature(name):
             def hook(_m, _i, out):
                 store[name] = _pool(out.detach())
+                store["peak:" + name] = _peak(out.detach())
             return hook
 
         modules = dict(self._feature_modules)
@@ -50,7 +51,8 @@ class CaptumGradCAM(CAM):
         up = F.interpolate(attr, size=x.shape[-2:], mode="bilinear", align_corners=False)
         heat = minmax_scale(up)
         feats = {n: store[n].cpu() for n in self.feature_layers}
-        return Probe(logits.cpu(), heat.cpu(), attr.cpu(), feats)
+        peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
+        return Probe(logits.cpu(), heat.cpu(), attr.cpu(), feats, peaks)
 
 
 __all__ = ["CaptumGradCAM"]

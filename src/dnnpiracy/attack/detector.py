@@ -68,6 +68,24 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), KNNScorer("input", k=1), PatchKNNScorer("input")], "sum",
         cfg.calibration_folds, cfg.seed),
+    "mahalanobis-stages-max": lambda cfg: MahalanobisScorer("stages-max"),
+    "ensemble-stages-max-input": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages-max"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-stages-stages-max-input": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("stages-max"), KNNScorer("input", k=1)], "sum",
+        cfg.calibration_folds, cfg.seed),
+    "ensemble-stages-max-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages-max"), PatchKNNScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
+    "mahalanobis-logits": lambda cfg: MahalanobisScorer("logits"),
+    "ensemble-logits-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("logits"), PatchKNNScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-stages-logits-patch": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("logits"), PatchKNNScorer("input")], "sum",
+        cfg.calibration_folds, cfg.seed),
+    "patch-maps": lambda cfg: PatchKNNScorer("maps", patch=1, stride=1, reach=1),
+    "ensemble-patch-maps-input": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("maps", patch=1, stride=1, reach=1), PatchKNNScorer("input")], "sum",
+        cfg.calibration_folds, cfg.seed),
     "patch-input-p5": lambda cfg: PatchKNNScorer("input", patch=5),
     "patch-input-p9": lambda cfg: PatchKNNScorer("input", patch=9),
     "ensemble-mahalanobis-stages-input-knn-patch": lambda cfg: EnsembleScorer(

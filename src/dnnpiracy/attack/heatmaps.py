@@ -27,6 +27,8 @@ class Probe:
     heatmaps: torch.Tensor                    # (B, 1, H, W) in [0, 1], at the input size
     cams: torch.Tensor                        # (B, 1, h, w) raw ReLU'd CAM at layer resolution
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (B, d), spatially mean-pooled
+    peaks: dict[str, torch.Tensor] = field(default_factory=dict)     # layer -> (B, d), spatial max per channel
+    maps: torch.Tensor | None = None          # (B, K, h, w) activations of the heatmap layer (Grad-CAM's A^k)
 
     @property
     def predictions(self) -> torch.Tensor:
@@ -129,6 +131,12 @@ def _pool(t: torch.Tensor) -> torch.Tensor:
     return t.mean((2, 3)) if t.ndim == 4 else t.flatten(1)
 
 
+def _peak(t: torch.Tensor) -> torch.Tensor | None:
+    """Each channel's largest response anywhere in the map: what a local pattern (a stamped disc) leaves, where
+    the spatial mean dilutes it over the whole image.  None for a layer without a spatial map."""
+    return t.amax((2, 3)) if t.ndim == 4 else None
+
+
 class CAM:
     """Base class: hooks ``layer`` (and ``feature_layers``), runs batches, upsamples and scales."""
 
@@ -156,8 +164,10 @@ class CAM:
         if len(parts) == 1:
             return parts[0]
         feats = {k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features}
+        peaks = {k: torch.cat([p.peaks[k] for p in parts]) for k in parts[0].peaks}
+        maps = torch.cat([p.maps for p in parts]) if parts[0].maps is not None else None
         return Probe(torch.cat([p.logits for p in parts]), torch.cat([p.heatmaps for p in parts]),
-                     torch.cat([p.cams for p in parts]), feats)
+                     torch.cat([p.cams for p in parts]), feats, peaks, maps)
 
     def _batch(self, x: torch.Tensor, targets: torch.Tensor | None) -> Probe:
         store: dict[str, torch.Tensor] = {}
@@ -170,6 +180,7 @@ class CAM:
         def grab_feature(name):
             def hook(_m, _i, out):
                 store[name] = _pool(out.detach())
+                store["peak:" + name] = _peak(out.detach())
             return hook
 
         handles = [self._layer_module.register_forward_hook(grab_layer)]
@@ -193,9 +204,11 @@ class CAM:
             up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
             heat = minmax_scale(up)
         feats = {n: store[n].cpu() for n in self.feature_layers}
+        peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
         if self.layer in self.feature_layers:
             feats[self.layer] = _pool(act.detach()).cpu()
-        return Probe(logits.detach().cpu(), heat.cpu(), cam.cpu(), feats)
+            peaks[self.layer] = _peak(act.detach()).cpu()
+        return Probe(logits.detach().cpu(), heat.cpu(), cam.cpu(), feats, peaks, act.detach().cpu())
 
 
 class GradCAM(CAM):

@@ -2,7 +2,8 @@
 and scores a query against the class the target *predicted* for it; higher = more anomalous.
 
 A scorer reads one kind of evidence from a :class:`~dnnpiracy.attack.heatmaps.Probe` (``heatmap``, ``cam``,
-``features`` = penultimate layer, ``stages`` = every pooled stage, ``input``), and is a few lines on top of
+``features`` = penultimate layer, ``stages`` = every pooled stage, ``stages-max`` = every stage's per-channel
+spatial maximum, ``input``), and is a few lines on top of
 :class:`Scorer`: ``fit`` stores per-class statistics, ``score`` groups a batch by label (no per-image loop).
 """
 
@@ -30,6 +31,10 @@ class Evidence(dict):
             ev["features"] = feats[penultimate] if penultimate in feats else feats[list(feats)[-1]]
             ev["stages"] = torch.cat([feats[k] for k in feats], 1)
             ev.update({f"stage:{k}": v for k, v in feats.items()})
+        if probe.maps is not None:   # the heatmap layer's activation maps, kept (B, K, h, w)
+            ev["maps"] = probe.maps
+        if probe.peaks:      # each stage channel's spatial maximum, all stages side by side
+            ev["stages-max"] = torch.cat([probe.peaks[k] for k in probe.peaks], 1)
         return ev
 
     def take(self, idx: torch.Tensor) -> "Evidence":
@@ -285,12 +290,17 @@ class PatchKNNScorer(Scorer):
         self.refs: dict[int, torch.Tensor] = {}
 
     def _patches(self, X: torch.Tensor) -> torch.Tensor:
-        """(N, D) flat square images -> (N, L, patch*patch) windows on a g x g grid."""
-        X = X.flatten(1).float()
-        side = math.isqrt(X.shape[1])
-        if side * side != X.shape[1] or side < self.patch:
-            raise ValueError(f"patch scorer needs square images of side >= {self.patch}, got {X.shape[1]} values")
-        cols = torch.nn.functional.unfold(X.view(-1, 1, side, side), self.patch, stride=self.stride)
+        """(N, K, h, w) maps, or (N, D) flat square one-channel images -> (N, L, K*patch*patch) windows on a
+        g x g grid."""
+        X = X.float()
+        if X.ndim == 2:
+            side = math.isqrt(X.shape[1])
+            if side * side != X.shape[1]:
+                raise ValueError(f"patch scorer needs square images, got {X.shape[1]} values per image")
+            X = X.view(-1, 1, side, side)
+        if X.ndim != 4 or X.shape[-1] != X.shape[-2] or X.shape[-1] < self.patch:
+            raise ValueError(f"patch scorer needs square maps of side >= {self.patch}, got shape {tuple(X.shape)}")
+        cols = torch.nn.functional.unfold(X, self.patch, stride=self.stride)
         return cols.transpose(1, 2).contiguous()
 
     def _neighbours(self, L: int) -> torch.Tensor:
