@@ -8,7 +8,8 @@ chosen per dataset on that dataset's development target (``default_detector``):
 - mnist-10k / MNIST: ``ensemble-mahalanobis-stages-input-knn-patch``, the sum of four scores, each standardised by
   its out-of-fold surrogate scores: the Mahalanobis distance of all pooled stage activations, the Mahalanobis
   distance of the raw input, its nearest-neighbour distance, and its most unusual patch (``PatchKNNScorer``).
-- Fashion-MNIST: ``patch-input``, the most unusual patch alone (round 5: the target's features add noise there).
+- Fashion-MNIST: ``patch-input-p5``, the most unusual 5x5 patch alone (rounds 5-6: the target's features add
+  noise there).
 
 Both are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 % confidence over
 the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  The earlier defaults
@@ -68,20 +69,8 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), KNNScorer("input", k=1), PatchKNNScorer("input")], "sum",
         cfg.calibration_folds, cfg.seed),
-    "mahalanobis-stages-max": lambda cfg: MahalanobisScorer("stages-max"),
-    "ensemble-stages-max-input": lambda cfg: EnsembleScorer(
-        [MahalanobisScorer("stages-max"), KNNScorer("input", k=1)], "sum", cfg.calibration_folds, cfg.seed),
-    "ensemble-stages-stages-max-input": lambda cfg: EnsembleScorer(
-        [MahalanobisScorer("stages"), MahalanobisScorer("stages-max"), KNNScorer("input", k=1)], "sum",
-        cfg.calibration_folds, cfg.seed),
     "ensemble-stages-max-patch": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages-max"), PatchKNNScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
-    "mahalanobis-logits": lambda cfg: MahalanobisScorer("logits"),
-    "ensemble-logits-patch": lambda cfg: EnsembleScorer(
-        [MahalanobisScorer("logits"), PatchKNNScorer("input")], "sum", cfg.calibration_folds, cfg.seed),
-    "ensemble-stages-logits-patch": lambda cfg: EnsembleScorer(
-        [MahalanobisScorer("stages"), MahalanobisScorer("logits"), PatchKNNScorer("input")], "sum",
-        cfg.calibration_folds, cfg.seed),
     "patch-maps": lambda cfg: PatchKNNScorer("maps", patch=1, stride=1, reach=1),
     "ensemble-patch-maps-input": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("maps", patch=1, stride=1, reach=1), PatchKNNScorer("input")], "sum",
@@ -121,11 +110,13 @@ DETECTORS: dict[str, DetectorSpec] = {
     **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
 }
 DEFAULT_DETECTOR = "ensemble-mahalanobis-stages-input-knn-patch"
-# Per dataset, each chosen on that dataset's development target over 8 surrogate draws of the paper's 500 images
-# (results/detector_selection_round5.md, 90 % confidence rule): on mnist-10k adding the patch term meets the bar in
-# 8 of 8 draws (7 of 8 without it); on Fashion-MNIST the patch score alone meets it in 7 of 8 (the round-2 choice
-# ensemble-stages-input in 1 of 8), and adding the target's features to it lowers that to 4-5 of 8.
-DEFAULT_BY_DATASET = {"fashion-mnist": "patch-input"}
+# Per dataset, each chosen on that dataset's development targets, 8 surrogate draws of the paper's 500 images, 90 %
+# confidence rule (results/detector_selection_round6.md; criterion fixed before the run: the share of draws meeting
+# the bar, averaged over FNR on the 15 embedded triggers and on fresh triggers, and over the dataset's development
+# targets).  mnist-10k: the patch term added to the round-2 design, 1.00 (0.69 without it).  Fashion-MNIST: the
+# 5x5 patch score, 0.31, before the 7x7 one (0.28, round 5's choice) and the round-2 design (0.03); on the Shirt
+# development target no candidate meets the bar in any draw.
+DEFAULT_BY_DATASET = {"fashion-mnist": "patch-input-p5"}
 
 
 def default_detector(dataset: str | None = None) -> str:
