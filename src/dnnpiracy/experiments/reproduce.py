@@ -277,6 +277,16 @@ def _threshold(r: dict) -> str:
 
 # the issue's bar for the default detector, per dataset: (max FPR, max FNR), each on the mean over seeds
 BARS = {"mnist": (0.01, 0.01), "mnist-10k": (0.01, 0.01), "fashion-mnist": (0.01, 0.2)}
+# rates are ratios of counts: 9 misses in 45 is FNR 0.2 exactly, but 9/45 in floating point is 0.2000000000000000111
+# (and float32 rates are off by ~1e-8).  Counts of at most ~10^5 put distinct rates >= 1e-5 apart, so 1e-6 admits
+# only rounding.
+BAR_TOLERANCE = 1e-6
+
+
+def within_bar(fpr: float, fnr: float, dataset: str) -> bool:
+    """FPR and FNR at or under the issue's bar for ``dataset`` (up to floating-point rounding)."""
+    max_fpr, max_fnr = BARS[dataset]
+    return fpr <= max_fpr + BAR_TOLERANCE and fnr <= max_fnr + BAR_TOLERANCE
 
 
 def bar_summary(rows: list[dict], detector: str, target_fpr: float = 0.01) -> dict | None:
@@ -287,7 +297,7 @@ def bar_summary(rows: list[dict], detector: str, target_fpr: float = 0.01) -> di
     max_fpr, max_fnr = BARS[mine[0]["dataset"]]
     worst_fpr = max(r["fpr_mean"] for r in mine)
     worst_fnr = max(r["fnr_mean"] for r in mine)
-    failing = [r for r in mine if r["fpr_mean"] > max_fpr or r["fnr_mean"] > max_fnr]
+    failing = [r for r in mine if not within_bar(r["fpr_mean"], r["fnr_mean"], r["dataset"])]
     return {"detector": detector, "target_fpr": target_fpr, "bar_fpr": max_fpr, "bar_fnr": max_fnr,
             "configurations": len(mine), "worst_fpr_mean": worst_fpr, "worst_fnr_mean": worst_fnr,
             "mean_fpr": statistics.fmean(r["fpr_mean"] for r in mine),

@@ -20,7 +20,16 @@ from dnnpiracy.config import DetectorConfig
 from dnnpiracy.data import Dataset
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
-from dnnpiracy.experiments.reproduce import BARS, PROFILES, Cell, Profile, load_table, resolve_dataset, table_cells
+from dnnpiracy.experiments.reproduce import (
+    BARS,
+    PROFILES,
+    Cell,
+    Profile,
+    load_table,
+    resolve_dataset,
+    table_cells,
+    within_bar,
+)
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
@@ -75,8 +84,7 @@ def bar_check(rows: list[dict], detector: str, source: str) -> dict[tuple[str, s
         mine = [r for r in rows if (r["table"], r["dataset"]) == key and r["detector"] == detector]
         if not mine or key[1] not in BARS:
             continue
-        max_fpr, max_fnr = BARS[key[1]]
-        failing = [r for r in mine if r[f"{source}_fpr_mean"] > max_fpr or r[f"{source}_fnr_mean"] > max_fnr]
+        failing = [r for r in mine if not within_bar(r[f"{source}_fpr_mean"], r[f"{source}_fnr_mean"], key[1])]
         out[key] = {"configurations": len(mine), "failing": len(failing), "met": not failing,
                     "worst_fpr": max(r[f"{source}_fpr_mean"] for r in mine),
                     "worst_fnr": max(r[f"{source}_fnr_mean"] for r in mine),
