@@ -184,12 +184,12 @@ def test_cells_with_another_surrogate_share_reuse_the_target(tmp_path, monkeypat
 
 
 def test_the_bar_admits_a_rate_exactly_at_it():
-    """0, 4 and 5 misses in 15 triggers over three seeds is a mean FNR of 0.2, which meets Fashion-MNIST's
+    """3, 3 and 3 misses in 15 triggers over three seeds is a mean FNR of 0.2, which meets Fashion-MNIST's
     FNR <= 0.2 although the floating-point mean is 0.20000000000000004; one more miss does not."""
     import statistics
 
     from dnnpiracy.experiments.reproduce import bar_summary, within_bar
-    mean = statistics.fmean([0 / 15, 4 / 15, 5 / 15])
+    mean = statistics.fmean([3 / 15, 3 / 15, 3 / 15])
     assert mean > 0.2 and within_bar(0.01, mean, "fashion-mnist")
     assert not within_bar(0.0, 10 / 45, "fashion-mnist") and not within_bar(0.0101, 0.0, "mnist-10k")
     rows = [{"detector": "d", "target_fpr": 0.01, "dataset": "fashion-mnist", "trigger_label": 3, "arch": "a",
