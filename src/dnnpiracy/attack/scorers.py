@@ -313,15 +313,28 @@ class PatchKNNScorer(Scorer):
         jj = (j[:, None] + off[None, :]).clamp(0, g - 1)
         return (ii[:, :, None] * g + jj[:, None, :]).flatten(1)          # (L, (2r+1)^2)
 
+    def _candidates(self, R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L, d) reference windows -> per position, the (n*m, d) windows within reach, and their squared norms:
+        (L, n*m, d) and (L, 1, n*m).  Computed once per class at fit time."""
+        n, L, d = R.shape
+        nb = self._neighbours(L)                                             # (L, m)
+        cand = R[:, nb].permute(1, 0, 2, 3).reshape(L, n * nb.shape[1], d)
+        return cand, cand.pow(2).sum(-1)[:, None, :]
+
+    def _sq_dists(self, Q: torch.Tensor, cand: torch.Tensor, cand_sq: torch.Tensor) -> torch.Tensor:
+        """(B, L, d) query windows against each position's candidates -> (L, B, n*m) squared distances, as one
+        batched matrix product (|q|^2 + |r|^2 - 2 q.r, clamped at 0)."""
+        Qt = Q.transpose(0, 1)                                               # (L, B, d)
+        d2 = torch.baddbmm(cand_sq, Qt, cand.transpose(1, 2), alpha=-2.0)   # |r|^2 - 2 q.r
+        return d2.add_(Qt.pow(2).sum(-1, keepdim=True)).clamp_(min=0.0)
+
     def _per_ref(self, Q: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
         """(B, n, L): per query window, its distance to the nearest window of each of the n reference images
-        within reach (one batched distance computation over the L positions)."""
-        B, L, d = Q.shape
-        n = R.shape[0]
-        nb = self._neighbours(L)                                         # (L, m)
-        cand = R[:, nb].permute(1, 0, 2, 3).reshape(L, n * nb.shape[1], d)   # (L, n*m, d)
-        dist = torch.cdist(Q.transpose(0, 1), cand)                      # (L, B, n*m)
-        return dist.view(L, B, n, nb.shape[1]).min(3).values.permute(1, 2, 0)
+        within reach."""
+        cand, cand_sq = self._candidates(R)
+        L, B, n = Q.shape[1], Q.shape[0], R.shape[0]
+        d2 = self._sq_dists(Q, cand, cand_sq).view(L, B, n, -1).amin(3)
+        return d2.sqrt().permute(1, 2, 0)
 
     def chunk(self, L: int, n_refs: int) -> int:
         """Queries per batched distance computation: about 2^25 distances (128 MiB) at a time."""
@@ -335,10 +348,8 @@ class PatchKNNScorer(Scorer):
 
     def fit(self, ev, y, y_pred=None):
         P = self._patches(ev.need(self.evidence))
-        if self.class_conditional:
-            self.refs = {c: P[idx] for c, idx in _groups(y)}
-        else:
-            self.refs = {-1: P}
+        groups = _groups(y) if self.class_conditional else [(-1, torch.arange(len(P)))]
+        self.refs = {c: self._candidates(P[idx]) for c, idx in groups}
         return self
 
     def score(self, ev, y):
@@ -346,10 +357,13 @@ class PatchKNNScorer(Scorer):
         out = torch.full((len(P),), float("inf"))
         for c, idx in self._groups_of(y):
             ref = self.refs.get(c)
-            if ref is None or len(ref) == 0:
+            if ref is None:
                 continue
-            for chunk in idx.split(self.chunk(P.shape[1], len(ref))):
-                out[chunk] = self._per_ref(P[chunk], ref).min(1).values.max(1).values
+            cand, cand_sq = ref
+            n_refs = cand.shape[1] // (2 * self.reach + 1) ** 2
+            for chunk in idx.split(self.chunk(P.shape[1], n_refs)):
+                # nearest candidate per window, then the query's most unusual window
+                out[chunk] = self._sq_dists(P[chunk], cand, cand_sq).amin(2).amax(0).sqrt()
         return out
 
     def loo_scores(self, ev, y_true, y_pred):
