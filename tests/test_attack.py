@@ -382,5 +382,21 @@ def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
     fast, slow = sc.loo_scores(maps, ys, yp), Scorer.loo_scores(sc, maps, ys, yp)
     ok = torch.isfinite(fast)
     assert torch.equal(ok, torch.isfinite(slow)) and torch.allclose(fast[ok], slow[ok], atol=1e-5)
+    # the batched squared-distance form equals brute force: every window against every reference window in reach
+    sc = PatchKNNScorer("input", patch=5, stride=2, reach=1).fit(Evidence(input=ref.flatten(1)), y[:45])
+    P = F.unfold(queries, 5, stride=2).transpose(1, 2)                  # (15, 144, 25)
+    R = F.unfold(ref, 5, stride=2).transpose(1, 2)
+    g = 12
+    brute = torch.empty(len(P))
+    for q in range(len(P)):
+        refs = R[y[:45] == y[45 + q]]
+        worst = 0.0
+        for i in range(g):
+            for j in range(g):
+                rows, cols = range(max(0, i - 1), min(g, i + 2)), range(max(0, j - 1), min(g, j + 2))
+                near = [a * g + b for a in rows for b in cols]
+                worst = max(worst, float(torch.cdist(P[q, i * g + j][None], refs[:, near].reshape(-1, 25)).min()))
+        brute[q] = worst
+    assert torch.allclose(sc.score(Evidence(input=queries.flatten(1)), y[45:]), brute, atol=1e-4)
     with pytest.raises(ValueError, match="square"):
         PatchKNNScorer("input").fit(Evidence(input=torch.rand(4, 30)), torch.zeros(4, dtype=torch.long))
