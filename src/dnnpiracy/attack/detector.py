@@ -2,7 +2,7 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-5),
+``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-6),
 chosen per dataset on that dataset's development target (``default_detector``):
 
 - mnist-10k / MNIST: ``ensemble-mahalanobis-stages-input-knn-patch``, the sum of four scores, each standardised by

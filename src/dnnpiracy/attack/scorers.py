@@ -287,7 +287,7 @@ class PatchKNNScorer(Scorer):
                  class_conditional: bool = True):
         self.evidence, self.patch, self.stride, self.reach = evidence, patch, stride, reach
         self.class_conditional = class_conditional
-        self.refs: dict[int, torch.Tensor] = {}
+        self.refs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}   # class -> _candidates(its windows)
 
     def _patches(self, X: torch.Tensor) -> torch.Tensor:
         """(N, K, h, w) maps, or (N, D) flat square one-channel images -> (N, L, K*patch*patch) windows on a
