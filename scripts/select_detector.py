@@ -23,8 +23,7 @@ from dnnpiracy.attack.thresholds import conformal_threshold
 from dnnpiracy.config import DetectorConfig, TriggerConfig
 from dnnpiracy.data import load_dataset, make_splits
 from dnnpiracy.evaluation.metrics import auroc, tpr_at_fpr
-from dnnpiracy.experiments.reproduce import BAR_TOLERANCE as TOL
-from dnnpiracy.experiments.reproduce import BARS, PROFILES
+from dnnpiracy.experiments.reproduce import BARS, PROFILES, within_bar
 from dnnpiracy.experiments.runner import CPU_TRAIN, get_target
 from dnnpiracy.io import atomic_write_text, git_commit, write_json
 from dnnpiracy.models import arch_info
@@ -113,7 +112,7 @@ def _share(fpr: torch.Tensor, fnr: torch.Tensor, dataset: str) -> float | None:
     """Share of draws whose FPR and FNR both meet the dataset's bar (None for a dataset without one)."""
     if dataset not in BARS:
         return None
-    return float(((fpr <= BARS[dataset][0] + TOL) & (fnr <= BARS[dataset][1] + TOL)).float().mean())
+    return float(within_bar(fpr, fnr, dataset).float().mean())
 
 
 def summarise(raw: dict) -> list[dict]:

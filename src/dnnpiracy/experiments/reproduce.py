@@ -283,10 +283,11 @@ BARS = {"mnist": (0.01, 0.01), "mnist-10k": (0.01, 0.01), "fashion-mnist": (0.01
 BAR_TOLERANCE = 1e-6
 
 
-def within_bar(fpr: float, fnr: float, dataset: str) -> bool:
-    """FPR and FNR at or under the issue's bar for ``dataset`` (up to floating-point rounding)."""
+def within_bar(fpr, fnr, dataset: str):
+    """FPR and FNR at or under the issue's bar for ``dataset`` (up to floating-point rounding).  Floats give a bool;
+    tensors of per-draw rates give a bool tensor, element by element."""
     max_fpr, max_fnr = BARS[dataset]
-    return fpr <= max_fpr + BAR_TOLERANCE and fnr <= max_fnr + BAR_TOLERANCE
+    return (fpr <= max_fpr + BAR_TOLERANCE) & (fnr <= max_fnr + BAR_TOLERANCE)
 
 
 def bar_summary(rows: list[dict], detector: str, target_fpr: float = 0.01) -> dict | None:
