@@ -376,6 +376,10 @@ def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
         assert torch.equal(torch.isinf(fast), torch.isinf(slow))
         ok = torch.isfinite(fast)
         assert torch.allclose(fast[ok], slow[ok], atol=1e-5)
+        top = PatchKNNScorer("input", patch=7, stride=3, reach=1, class_conditional=cc, top=3)
+        fast, slow = top.loo_scores(small, ys, yp), Scorer.loo_scores(top, small, ys, yp)
+        ok = torch.isfinite(fast)
+        assert torch.equal(ok, torch.isfinite(slow)) and torch.allclose(fast[ok], slow[ok], atol=1e-5)
     assert torch.isinf(PatchKNNScorer("input").loo_scores(small, ys, yp)[13])   # alone in its class
     maps = Evidence(maps=torch.randn(14, 3, 7, 7, generator=gen))             # (B, K, h, w) activation maps
     sc = PatchKNNScorer("maps", patch=1, stride=1, reach=1)
@@ -398,5 +402,14 @@ def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
                 worst = max(worst, float(torch.cdist(P[q, i * g + j][None], refs[:, near].reshape(-1, 25)).min()))
         brute[q] = worst
     assert torch.allclose(sc.score(Evidence(input=queries.flatten(1)), y[45:]), brute, atol=1e-4)
+    # top=k: the mean of the k most unusual windows, never above the most unusual one; two stamps beat one
+    two = queries.clone()
+    two[1, 0, 10:15, 12:17] = 1.0
+    two[1, 0, 2:7, 20:25] = 1.0
+    sc4 = PatchKNNScorer("input", patch=5, stride=2, reach=1, top=4).fit(Evidence(input=ref.flatten(1)), y[:45])
+    s4, s1 = (m.score(Evidence(input=two.flatten(1)), y[45:]) for m in (sc4, sc))
+    assert (s4 <= s1 + 1e-6).all() and s4[1] > s4[0]
+    with pytest.raises(ValueError, match="top"):
+        PatchKNNScorer("input", top=0)
     with pytest.raises(ValueError, match="square"):
         PatchKNNScorer("input").fit(Evidence(input=torch.rand(4, 30)), torch.zeros(4, dtype=torch.long))

@@ -77,6 +77,13 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         cfg.calibration_folds, cfg.seed),
     "patch-input-p5": lambda cfg: PatchKNNScorer("input", patch=5),
     "patch-input-p9": lambda cfg: PatchKNNScorer("input", patch=9),
+    # round 7: the mean of the k most unusual windows, and three window sizes summed
+    "patch-input-p5-top4": lambda cfg: PatchKNNScorer("input", patch=5, top=4),
+    "patch-input-p5-top8": lambda cfg: PatchKNNScorer("input", patch=5, top=8),
+    "patch-input-p7-top4": lambda cfg: PatchKNNScorer("input", patch=7, top=4),
+    "ensemble-patch-3-5-7": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("input", patch=3), PatchKNNScorer("input", patch=5), PatchKNNScorer("input", patch=7)],
+        "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-mahalanobis-stages-input-knn-patch": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input")],
         "sum", cfg.calibration_folds, cfg.seed),

@@ -277,16 +277,19 @@ class PatchKNNScorer(Scorer):
     """Local anomaly: the query's most unusual patch.  Every ``patch`` x ``patch`` window of the image (stride
     ``stride``) is compared with the windows of the predicted class's surrogate images at the same place, give or
     take ``reach`` grid steps; a window's score is its distance to the nearest of those, and the query's score is
-    the largest window score (PatchCore, Roth et al. 2022, on pixels).  Knows nothing of the trigger's shape: a
-    small stamp anywhere in an otherwise ordinary image is what it is sensitive to, and what a whole-image distance
-    averages away."""
+    the largest window score (PatchCore, Roth et al. 2022, on pixels), or with ``top`` = k the mean of its k
+    largest window scores (several stamps leave several unusual windows; one natural oddity leaves few).  Knows
+    nothing of the trigger's shape: a small stamp anywhere in an otherwise ordinary image is what it is sensitive
+    to, and what a whole-image distance averages away."""
 
     name = "patch-knn"
 
     def __init__(self, evidence: str = "input", patch: int = 7, stride: int = 2, reach: int = 1,
-                 class_conditional: bool = True):
+                 class_conditional: bool = True, top: int = 1):
+        if top < 1:
+            raise ValueError(f"top must be >= 1, got {top}")
         self.evidence, self.patch, self.stride, self.reach = evidence, patch, stride, reach
-        self.class_conditional = class_conditional
+        self.class_conditional, self.top = class_conditional, top
         self.refs: dict[int, torch.Tensor] = {}   # class -> _candidates(its windows)
 
     def _patches(self, X: torch.Tensor) -> torch.Tensor:
@@ -345,6 +348,13 @@ class PatchKNNScorer(Scorer):
         """Queries per batched distance computation: about 2^25 distances (128 MiB) at a time."""
         return max(1, (1 << 25) // max(1, L * n_refs * (2 * self.reach + 1) ** 2))
 
+    def _worst(self, window_dists: torch.Tensor) -> torch.Tensor:
+        """(L, B) window distances -> (B,) image scores: the largest window distance, or the mean of the ``top``
+        largest."""
+        if self.top == 1:
+            return window_dists.amax(0)
+        return window_dists.topk(min(self.top, len(window_dists)), 0).values.mean(0)
+
     def _groups_of(self, y: torch.Tensor):
         if self.class_conditional:
             yield from _groups(y)
@@ -367,7 +377,7 @@ class PatchKNNScorer(Scorer):
             n_refs = ref.shape[2] // (2 * self.reach + 1) ** 2
             for chunk in idx.split(self.chunk(P.shape[1], n_refs)):
                 # nearest candidate per window, then the query's most unusual window
-                out[chunk] = self._min_sq_dists(P[chunk], ref).amax(0).sqrt()
+                out[chunk] = self._worst(self._min_sq_dists(P[chunk], ref).sqrt())
         return out
 
     def loo_scores(self, ev, y_true, y_pred):
@@ -381,7 +391,7 @@ class PatchKNNScorer(Scorer):
             for chunk in idx.split(self.chunk(P.shape[1], len(cols))):
                 d = self._per_ref(P[chunk], P[cols])                       # (b, n, L)
                 d[chunk[:, None] == cols[None, :]] = float("inf")          # a sample is not its own reference
-                best = d.min(1).values.max(1).values
+                best = self._worst(d.min(1).values.T)
                 ok = torch.isfinite(best)
                 out[chunk[ok]] = best[ok]
         return out
