@@ -376,7 +376,7 @@ class PatchKNNScorer(Scorer):
                 continue
             n_refs = ref.shape[2] // (2 * self.reach + 1) ** 2
             for chunk in idx.split(self.chunk(P.shape[1], n_refs)):
-                # nearest candidate per window, then the query's most unusual window
+                # nearest candidate per window, then the most unusual window(s) of the query
                 out[chunk] = self._worst(self._min_sq_dists(P[chunk], ref).sqrt())
         return out
 
