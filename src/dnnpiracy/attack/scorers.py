@@ -319,8 +319,8 @@ class PatchKNNScorer(Scorer):
     def _candidates(self, R: torch.Tensor) -> torch.Tensor:
         """(n, L, d) reference windows -> per position, the n*m windows within reach as the columns of one
         (L, d + 1, n*m) matrix [-2 r; |r|^2], so that [q, 1] times it is |r|^2 - 2 q.r for every candidate in one
-        batched matrix product (no broadcast add, no transpose per query batch: together a third of the scoring
-        time).  Computed once per class at fit time."""
+        batched matrix product, with no broadcast add and no transpose per query batch.  Computed once per class at
+        fit time."""
         n, L, d = R.shape
         nb = self._neighbours(L)                                             # (L, m)
         cand = R[:, nb].permute(1, 0, 2, 3).reshape(L, n * nb.shape[1], d)
