@@ -413,3 +413,48 @@ def test_patch_scorer_finds_a_small_stamp_and_its_leave_one_out_is_exact():
         PatchKNNScorer("input", top=0)
     with pytest.raises(ValueError, match="square"):
         PatchKNNScorer("input").fit(Evidence(input=torch.rand(4, 30)), torch.zeros(4, dtype=torch.long))
+
+
+def test_dknn_counts_disagreeing_neighbours_and_its_leave_one_out_is_exact():
+    """Deep kNN: a query that sits among class-1 references in the early stages but is predicted as class 0 gets
+    k disagreeing votes per stage; a query among its own class gets none.  The closed-form leave-one-out (each
+    sample's mean and spread downdated) equals refitting without each sample; an absent stage is refused by name."""
+    from dnnpiracy.attack.scorers import DkNNScorer, Scorer
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=gen) * 3
+    y = torch.arange(30) % 3
+    stage = lambda: centres[y] + torch.randn(30, 8, generator=gen) * 0.3        # noqa: E731
+    ev = Evidence({"stage:a": stage(), "stage:b": stage(), "stage:c": stage()})
+    sc = DkNNScorer(stages=(0, 2), k=5).fit(ev, y)
+    q = Evidence({k: v[:2] + 0.01 for k, v in ev.items()})       # near sample 0 (class 0) and sample 1 (class 1)
+    s = sc.score(q, torch.tensor([0, 0]))                         # the second is predicted 0 but looks like 1
+    assert s.tolist() == [0.0, 10.0]
+    # brute force: standardise by the references' mean and (population) spread, cosine, k nearest
+    X = ev["stage:a"]
+    Z = F.normalize((X - X.mean(0)) / (X.std(0, unbiased=False) + 1e-6), dim=1)
+    Qa = F.normalize((q["stage:a"] - X.mean(0)) / (X.std(0, unbiased=False) + 1e-6), dim=1)
+    nn = (Qa @ Z.T).topk(5, 1).indices
+    assert float((y[nn[1]] != 0).sum()) == 5.0
+    yp = y.clone()
+    yp[[3, 7, 11]] = torch.tensor([1, 2, 0])                                     # some predictions disagree
+    for k in (1, 4, 12):
+        sc = DkNNScorer(stages=(0, 1, 2), k=k)
+        assert torch.equal(sc.loo_scores(ev, y, yp), Scorer.loo_scores(sc, ev, y, yp))
+    with pytest.raises(KeyError, match="stages"):
+        DkNNScorer(stages=(3,)).fit(ev, y)
+    with pytest.raises(ValueError, match="k must"):
+        DkNNScorer(k=0)
+
+
+def test_ensemble_of_a_count_scorer_with_no_quartile_spread_stays_finite():
+    """A count-valued component whose out-of-fold scores are mostly 0 has no interquartile range: the ensemble
+    standardises it by its standard deviation instead of dividing by ~0."""
+    from dnnpiracy.attack.scorers import DkNNScorer, EnsembleScorer
+    gen = torch.Generator().manual_seed(1)
+    y = torch.arange(40) % 2
+    ev = Evidence({"stage:a": torch.randn(40, 4, generator=gen) + y[:, None] * 6.0, "input": torch.rand(40, 16)})
+    ens = EnsembleScorer([DkNNScorer(stages=(0,), k=3), KNNScorer("input", k=1)])
+    oof = ens.oof_scores(ev, y, y)
+    assert torch.isfinite(oof).all() and ens.scale[0] > 1e-3
+    ens.fit(ev, y, y)
+    assert torch.isfinite(ens.score(ev.take(torch.arange(5)), y[:5])).all()

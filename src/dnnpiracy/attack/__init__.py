@@ -18,16 +18,18 @@ from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, GradCAM, GradCAMPlusPlus
 from dnnpiracy.attack.pirated import PiratedAnswer, PiratedClassifier, replacement_labels
 from dnnpiracy.attack.scorers import (
                                        DCGANScorer,
+                                       DkNNScorer,
                                        EnsembleScorer,
                                        Evidence,
                                        HeatmapMassScorer,
                                        KNNScorer,
                                        MahalanobisScorer,
+                                       PatchKNNScorer,
                                        Scorer,
 )
 
 __all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
            "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
-           "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "EnsembleScorer", "Evidence",
-           "HeatmapMassScorer", "KNNScorer", "MahalanobisScorer", "Scorer"]
+           "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "DkNNScorer", "EnsembleScorer",
+           "Evidence", "HeatmapMassScorer", "KNNScorer", "MahalanobisScorer", "PatchKNNScorer", "Scorer"]

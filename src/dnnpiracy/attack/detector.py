@@ -30,6 +30,7 @@ from dnnpiracy.attack.scorers import (
     LEAVE_ONE_OUT,
     ClassNormalizedScorer,
     DCGANScorer,
+    DkNNScorer,
     EnergyScorer,
     EnsembleScorer,
     Evidence,
@@ -84,6 +85,17 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "ensemble-patch-3-5-7": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=3), PatchKNNScorer("input", patch=5), PatchKNNScorer("input", patch=7)],
         "sum", cfg.calibration_folds, cfg.seed),
+    # round 8: label disagreement among the nearest surrogate images in the early stages (Deep kNN), alone and
+    # beside each dataset's default
+    "dknn": lambda cfg: DkNNScorer((1, 2)),
+    "dknn-123": lambda cfg: DkNNScorer((0, 1, 2)),
+    "ensemble-patch-dknn": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("input", patch=5), DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-patch-dknn-123": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("input", patch=5), DkNNScorer((0, 1, 2))], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-mahalanobis-stages-input-knn-patch-dknn": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
+         DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-mahalanobis-stages-input-knn-patch": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input")],
         "sum", cfg.calibration_folds, cfg.seed),
