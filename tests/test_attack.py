@@ -292,9 +292,9 @@ def test_traffic_fit_grows_the_reference_set_from_unlabelled_traffic():
 
 def test_default_detector_is_chosen_per_dataset():
     from dnnpiracy.attack import DEFAULT_DETECTOR, default_detector, resolve_spec
-    assert default_detector("fashion-mnist") == "patch-input-p5"
+    assert default_detector("fashion-mnist") == "ensemble-patch-dknn"
     assert default_detector("mnist-10k") == default_detector("mnist") == default_detector(None) == DEFAULT_DETECTOR
-    assert resolve_spec("default", "fashion-mnist").scorer == "patch-input-p5"
+    assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-patch-dknn"
     assert resolve_spec("default").scorer == DEFAULT_DETECTOR
 
 
