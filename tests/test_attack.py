@@ -458,3 +458,26 @@ def test_ensemble_of_a_count_scorer_with_no_quartile_spread_stays_finite():
     assert torch.isfinite(oof).all() and ens.scale[0] > 1e-3
     ens.fit(ev, y, y)
     assert torch.isfinite(ens.score(ev.take(torch.arange(5)), y[:5])).all()
+
+
+def test_a_detector_that_reads_no_heatmap_serves_without_the_backward_pass(tiny_target):
+    """The defaults read the input and pooled activations: probing without Grad-CAM's backward gives the same
+    logits, features, scores and flags; the probe has no heatmap, and a heatmap scorer still gets one."""
+    ds, splits, target = tiny_target
+    sur = splits.surrogate_idx
+    x = ds.test_x[splits.evaluation_idx[:40]]
+    for name, reads in (("ensemble-patch-dknn", False), ("knn-heatmap", True),
+                        ("ensemble-heatmap-features-input", True), ("knn-heatmap-cn", True)):
+        det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
+                           DetectorConfig(detector=name), tau=0.65)
+        assert det.needs_heatmaps is reads, name
+        served, full = det.inspect(x), det.inspect(x, heatmaps=True)
+        assert (served.probe.heatmaps is not None) is reads and full.probe.heatmaps is not None
+        assert torch.equal(served.predictions, full.predictions)
+        assert torch.allclose(served.scores, full.scores) and torch.equal(served.flags, full.flags)
+        for k, v in full.probe.features.items():
+            assert torch.allclose(served.probe.features[k], v, atol=1e-6), k
+    from dnnpiracy.attack import make_cam
+    bare = make_cam(target.model, arch_info("small-cnn"))(x[:3], heatmaps=False)
+    with pytest.raises(KeyError, match="heatmap"):
+        Evidence.from_probe(bare, x[:3]).need("heatmap")

@@ -75,7 +75,9 @@ def test_batched_detector_gives_plain_per_image_decisions(tiny_target, detector)
     assert torch.equal(fast.predictions, preds)
     assert torch.equal(fast.flags, flags)
     assert torch.allclose(fast.scores, scores, rtol=1e-5, atol=1e-5)
-    assert (fast.probe.heatmaps - heat).abs().max() <= 1e-5
+    full = fast if det.needs_heatmaps else det.inspect(x, heatmaps=True)   # served without them where unread
+    assert torch.equal(full.flags, flags)
+    assert (full.probe.heatmaps - heat).abs().max() <= 1e-5
     assert all(p.requires_grad for p in target.model.parameters())
 
 
@@ -91,9 +93,10 @@ def test_batched_detector_matches_plain_on_resnet_with_batchnorm(tiny):
                        DetectorConfig(detector="mahalanobis-features", target_fpr=0.05), tau=2.0)
     x = tiny.test_x[splits.evaluation_idx[:24]]
     assert len(x) >= heatmaps.LEAN_BN_MIN_BATCH
-    fast = det.inspect(x)
+    fast = det.inspect(x, heatmaps=True)            # with the backward pass (served, the detector skips it)
     scores, flags, preds, _ = plain_inspect(det, model, info, x)
     assert torch.equal(fast.predictions, preds) and torch.equal(fast.flags, flags)
+    assert torch.equal(det.inspect(x).flags, flags)
     assert torch.allclose(fast.scores, scores, rtol=1e-5, atol=1e-5)
     ref = CaptumGradCAM(model, info.heatmap_layer, info.feature_layers)(x)
     assert (fast.probe.heatmaps - ref.heatmaps).abs().max() <= 1e-5

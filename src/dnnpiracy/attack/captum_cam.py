@@ -26,7 +26,7 @@ class CaptumGradCAM(CAM):
         from captum.attr import LayerGradCam
         self._captum = LayerGradCam(model, self._layer_module)
 
-    def _batch(self, x: torch.Tensor, targets: torch.Tensor | None) -> Probe:
+    def _batch(self, x: torch.Tensor, targets: torch.Tensor | None, heatmaps: bool = True) -> Probe:
         store: dict[str, torch.Tensor] = {}
 
         def grab_feature(name):
@@ -46,12 +46,14 @@ class CaptumGradCAM(CAM):
         finally:
             for h in handles:
                 h.remove()
+        feats = {n: store[n].cpu() for n in self.feature_layers}
+        peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
+        if not heatmaps:
+            return Probe(logits.cpu(), None, None, feats, peaks)
         idx = logits.argmax(1) if targets is None else targets.to(device)
         attr = self._captum.attribute(x, target=idx, relu_attributions=True).detach()
         up = F.interpolate(attr, size=x.shape[-2:], mode="bilinear", align_corners=False)
         heat = minmax_scale(up)
-        feats = {n: store[n].cpu() for n in self.feature_layers}
-        peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
         return Probe(logits.cpu(), heat.cpu(), attr.cpu(), feats, peaks)
 
 

@@ -45,6 +45,8 @@ from dnnpiracy.attack.thresholds import calibrated_thresholds, exceed_probabilit
 from dnnpiracy.config import DetectorConfig, GanConfig
 from dnnpiracy.models import ArchInfo
 
+HEATMAP_KINDS = frozenset({"heatmap", "cam"})   # the evidence only Grad-CAM's backward pass gives
+
 
 @dataclass(frozen=True)
 class DetectorSpec:
@@ -183,12 +185,23 @@ class Detector:
     fit_info: dict = field(default_factory=dict)
     calibration_scores: torch.Tensor | None = None   # paper: in-sample scores of T_y; calibrated: out-of-fold
     calibration_labels: torch.Tensor | None = None   # the surrogate set's true labels
+    always_heatmaps: bool = False     # compute the Grad-CAM heatmap even where the scorer reads none (the bench's
+    #                                   like-for-like comparison with Captum)
+
+    @property
+    def needs_heatmaps(self) -> bool:
+        """Whether scoring a query needs its heatmap, i.e. Grad-CAM's backward pass.  A detector that reads only
+        the input, the logits or pooled activations (the defaults) serves from the forward pass alone."""
+        return self.always_heatmaps or bool(self.scorer.reads() & HEATMAP_KINDS)
 
     def probe(self, x: torch.Tensor) -> Probe:
         return self.cam(x)
 
-    def inspect(self, x: torch.Tensor, probe: Probe | None = None) -> Inspection:
-        probe = probe if probe is not None else self.cam(x)
+    def inspect(self, x: torch.Tensor, probe: Probe | None = None, heatmaps: bool | None = None) -> Inspection:
+        """Score a batch.  Without ``probe``, the target is probed here, with the heatmap only if the scorer
+        needs it (``heatmaps=True`` forces it, e.g. to show the heatmaps beside the verdicts)."""
+        if probe is None:
+            probe = self.cam(x, heatmaps=self.needs_heatmaps if heatmaps is None else heatmaps)
         ev = Evidence.from_probe(probe, x, self.penultimate)
         y = probe.predictions
         scores = self.scorer.score(ev, y)

@@ -24,8 +24,8 @@ class Probe:
     """What one pass of the stolen model tells about a batch of queries."""
 
     logits: torch.Tensor                      # (B, C)
-    heatmaps: torch.Tensor                    # (B, 1, H, W) in [0, 1], at the input size
-    cams: torch.Tensor                        # (B, 1, h, w) raw ReLU'd CAM at layer resolution
+    heatmaps: torch.Tensor | None             # (B, 1, H, W) in [0, 1], at the input size (None: not computed)
+    cams: torch.Tensor | None                 # (B, 1, h, w) raw ReLU'd CAM at layer resolution (None: not computed)
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (B, d), spatially mean-pooled
     peaks: dict[str, torch.Tensor] = field(default_factory=dict)     # layer -> (B, d), spatial max per channel
     maps: torch.Tensor | None = None          # (B, K, h, w) activations of the heatmap layer (Grad-CAM's A^k)
@@ -158,18 +158,20 @@ class CAM:
         """(B, K, h, w) activations and gradients -> (B, K, 1, 1) channel weights."""
         raise NotImplementedError
 
-    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None) -> Probe:
-        parts = [self._batch(x[i:i + self.batch_size], None if targets is None else targets[i:i + self.batch_size])
-                 for i in range(0, len(x), self.batch_size)]
+    def __call__(self, x: torch.Tensor, targets: torch.Tensor | None = None, heatmaps: bool = True) -> Probe:
+        """Probe ``x`` in batches.  ``heatmaps=False`` skips the backward pass: the probe then has the logits, the
+        pooled features and the heatmap layer's maps, but no heatmap (for a detector that reads none)."""
+        parts = [self._batch(x[i:i + self.batch_size], None if targets is None else targets[i:i + self.batch_size],
+                             heatmaps) for i in range(0, len(x), self.batch_size)]
         if len(parts) == 1:
             return parts[0]
+        cat = lambda ts: None if ts[0] is None else torch.cat(ts)         # noqa: E731
         feats = {k: torch.cat([p.features[k] for p in parts]) for k in parts[0].features}
         peaks = {k: torch.cat([p.peaks[k] for p in parts]) for k in parts[0].peaks}
-        maps = torch.cat([p.maps for p in parts]) if parts[0].maps is not None else None
-        return Probe(torch.cat([p.logits for p in parts]), torch.cat([p.heatmaps for p in parts]),
-                     torch.cat([p.cams for p in parts]), feats, peaks, maps)
+        return Probe(torch.cat([p.logits for p in parts]), cat([p.heatmaps for p in parts]),
+                     cat([p.cams for p in parts]), feats, peaks, cat([p.maps for p in parts]))
 
-    def _batch(self, x: torch.Tensor, targets: torch.Tensor | None) -> Probe:
+    def _batch(self, x: torch.Tensor, targets: torch.Tensor | None, heatmaps: bool = True) -> Probe:
         store: dict[str, torch.Tensor] = {}
 
         def grab_layer(_m, _i, out):
@@ -190,15 +192,24 @@ class CAM:
         x = x.to(device)
         try:
             lean_bn = _lean_batchnorm(self.model, len(x) >= LEAN_BN_MIN_BATCH, self._bn_cache)
-            with _frozen(self.model), lean_bn, torch.enable_grad():
-                logits = self.model(x)
-                act = store["act"]
-                idx = logits.argmax(1) if targets is None else targets.to(device)
-                chosen = logits.gather(1, idx[:, None]).sum()  # samples do not interact in eval mode
-                (grads,) = torch.autograd.grad(chosen, act)
+            if not heatmaps:       # forward only: no graph, no backward
+                with torch.no_grad(), lean_bn:
+                    logits = self.model(x)
+            else:
+                with _frozen(self.model), lean_bn, torch.enable_grad():
+                    logits = self.model(x)
+                    act = store["act"]
+                    idx = logits.argmax(1) if targets is None else targets.to(device)
+                    chosen = logits.gather(1, idx[:, None]).sum()  # samples do not interact in eval mode
+                    (grads,) = torch.autograd.grad(chosen, act)
         finally:
             for h in handles:
                 h.remove()
+        if not heatmaps:
+            act = store["act"].detach()
+            feats = {n: store[n].cpu() for n in self.feature_layers}
+            peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
+            return Probe(logits.cpu(), None, None, feats, peaks, act.cpu())
         with torch.no_grad():
             cam = F.relu((self.channel_weights(act.detach(), grads) * act.detach()).sum(1, keepdim=True))
             up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)

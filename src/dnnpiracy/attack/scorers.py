@@ -25,8 +25,9 @@ class Evidence(dict):
     @classmethod
     def from_probe(cls, probe: Probe, x: torch.Tensor, penultimate: str | None = None) -> "Evidence":
         feats = probe.features
-        ev = cls(heatmap=probe.heatmaps, cam=probe.cams.flatten(1), input=x.detach().flatten(1).cpu(),
-                 logits=probe.logits)
+        ev = cls(input=x.detach().flatten(1).cpu(), logits=probe.logits)
+        if probe.heatmaps is not None:     # a probe taken without the backward pass has none
+            ev.update(heatmap=probe.heatmaps, cam=probe.cams.flatten(1))
         if feats:
             ev["features"] = feats[penultimate] if penultimate in feats else feats[list(feats)[-1]]
             ev["stages"] = torch.cat([feats[k] for k in feats], 1)
@@ -91,6 +92,10 @@ class Scorer:
 
     def score(self, ev: Evidence, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def reads(self) -> set[str]:
+        """The kinds of evidence this scorer reads (a detector skips the heatmap when none of them needs it)."""
+        return {self.evidence}
 
     def oof_scores(self, ev: Evidence, y_true: torch.Tensor, y_pred: torch.Tensor, folds: int = LEAVE_ONE_OUT,
                    seed: int = 0) -> torch.Tensor:
@@ -411,6 +416,7 @@ class DkNNScorer(Scorer):
     layer1..layer4, avgpool; (1, 2) is layer2 and layer3), so the same detector runs on every architecture."""
 
     name = "dknn"
+    evidence = "stages"       # the per-stage kinds ("stage:<layer>") that Evidence.from_probe sets beside it
     eps = 1e-6
 
     def __init__(self, stages: tuple[int, ...] = (1, 2), k: int = 25):
@@ -575,6 +581,9 @@ class EnsembleScorer(Scorer):
             comp.fit(ev, y)
         return self
 
+    def reads(self) -> set[str]:
+        return set().union(*(c.reads() for c in self.components))
+
     def _combine(self, z: torch.Tensor) -> torch.Tensor:
         return z.sum(1) if self.combine == "sum" else z.max(1).values
 
@@ -595,6 +604,7 @@ class ClassNormalizedScorer(Scorer):
     def __init__(self, base: Scorer, min_per_class: int = 5):
         self.base, self.min_per_class = base, min_per_class
         self.evidence = base.evidence
+        self.reads = base.reads
         self.centre: dict[int, float] = {}
         self.scale: dict[int, float] = {}
         self._global = (0.0, 1.0)

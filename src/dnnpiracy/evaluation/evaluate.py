@@ -30,7 +30,7 @@ class Inspected:
 
 
 def inspect(detector: Detector, x: torch.Tensor, y: torch.Tensor, probe=None) -> Inspected:
-    return Inspected(x, y, detector.inspect(x, probe))
+    return Inspected(x, y, detector.inspect(x, probe, heatmaps=True))     # the reports show the heatmaps
 
 
 def evaluate(detector: Detector, clean: Inspected, triggers: Inspected, fresh: Inspected | None,
