@@ -205,21 +205,19 @@ class CAM:
         finally:
             for h in handles:
                 h.remove()
-        if not heatmaps:
-            act = store["act"].detach()
-            feats = {n: store[n].cpu() for n in self.feature_layers}
-            peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
-            return Probe(logits.cpu(), None, None, feats, peaks, act.cpu())
-        with torch.no_grad():
-            cam = F.relu((self.channel_weights(act.detach(), grads) * act.detach()).sum(1, keepdim=True))
-            up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
-            heat = minmax_scale(up)
+        act = store["act"].detach()
         feats = {n: store[n].cpu() for n in self.feature_layers}
         peaks = {n: store["peak:" + n].cpu() for n in self.feature_layers if store["peak:" + n] is not None}
         if self.layer in self.feature_layers:
-            feats[self.layer] = _pool(act.detach()).cpu()
-            peaks[self.layer] = _peak(act.detach()).cpu()
-        return Probe(logits.detach().cpu(), heat.cpu(), cam.cpu(), feats, peaks, act.detach().cpu())
+            feats[self.layer] = _pool(act).cpu()
+            peaks[self.layer] = _peak(act).cpu()
+        if not heatmaps:
+            return Probe(logits.detach().cpu(), None, None, feats, peaks, act.cpu())
+        with torch.no_grad():
+            cam = F.relu((self.channel_weights(act, grads) * act).sum(1, keepdim=True))
+            up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            heat = minmax_scale(up)
+        return Probe(logits.detach().cpu(), heat.cpu(), cam.cpu(), feats, peaks, act.cpu())
 
 
 class GradCAM(CAM):

@@ -604,10 +604,12 @@ class ClassNormalizedScorer(Scorer):
     def __init__(self, base: Scorer, min_per_class: int = 5):
         self.base, self.min_per_class = base, min_per_class
         self.evidence = base.evidence
-        self.reads = base.reads
         self.centre: dict[int, float] = {}
         self.scale: dict[int, float] = {}
         self._global = (0.0, 1.0)
+
+    def reads(self) -> set[str]:
+        return self.base.reads()
 
     def _stats(self, raw: torch.Tensor, y_pred: torch.Tensor) -> None:
         def robust(v: torch.Tensor) -> tuple[float, float]:
