@@ -188,6 +188,11 @@ def _median(values: list[float]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
+def _ratio(num: list[float], den: list[float]) -> float:
+    """The median of per-round ratios (noise from other processes hits both measurements of a round alike)."""
+    return _median([p / q for p, q in zip(num, den)])
+
+
 def _load_model(arch: str, target_dir: str | Path | None):
     if target_dir is None:
         torch.manual_seed(0)
@@ -371,16 +376,16 @@ def run_bench(arch: str = "resnet34", detectors: tuple[str, ...] = ("default", "
             s_bare, s_pir, s_cap = samples[("bare", b)], samples[("pirated", n, b)], samples[("captum", n, b)]
             row = {"bare_images_per_s": _median(s_bare), "pirated_images_per_s": _median(s_pir),
                    "captum_images_per_s": _median(s_cap),
-                   "pirated_over_bare": _median([p / q for p, q in zip(s_pir, s_bare)]),
-                   "pirated_over_captum": _median([p / q for p, q in zip(s_pir, s_cap)]),
+                   "pirated_over_bare": _ratio(s_pir, s_bare),
+                   "pirated_over_captum": _ratio(s_pir, s_cap),
                    "rounds": {"bare": s_bare, "pirated": s_pir, "captum": s_cap},
                    "rss_increase_kib": {"bare": mem[b]["bare"], "pirated": mem[b][f"pirated {n}"],
                                         "captum": mem[b][f"captum {n}"]}}
             s_heat = samples.get(("heatmap", n, b))
             if s_heat is not None:
                 row.update({"heatmap_images_per_s": _median(s_heat),
-                            "heatmap_over_bare": _median([p / q for p, q in zip(s_heat, s_bare)]),
-                            "heatmap_over_captum": _median([p / q for p, q in zip(s_heat, s_cap)])})
+                            "heatmap_over_bare": _ratio(s_heat, s_bare),
+                            "heatmap_over_captum": _ratio(s_heat, s_cap)})
                 row["rounds"]["heatmap"] = s_heat
             # like for like: both pipelines compute the heatmap
             row["like_for_like_over_captum"] = row.get("heatmap_over_captum", row["pirated_over_captum"])
