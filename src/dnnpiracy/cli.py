@@ -279,16 +279,28 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--fpr-confidence", type=click.FloatRange(0, 1, max_open=True), default=DetectorConfig.fpr_confidence,
               show_default=True, help="calibrated rule: FPR <= target in this share of surrogate draws (0: on "
                                       "average only)")
+@click.option("--arch", "archs", multiple=True, help="run only the cells of this architecture (repeatable); to split "
+              "a table over processes or machines")
+@click.option("--seed", "seeds", type=int, multiple=True, help="run only the cells of this seed (repeatable)")
+@click.option("--blocks", "blocks", type=click.IntRange(1, 4), multiple=True,
+              help="run only the cells with this many blocks (repeatable)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, cache_dir, data_dir):
-    """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json."""
-    from dnnpiracy.experiments.reproduce import TABLES
+def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, cache_dir, data_dir):
+    """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json.
+
+    --arch/--seed/--blocks run (and render) a subset of the grid; merge the caches and render the whole table with
+    --cached-only."""
+    from dnnpiracy.experiments.reproduce import TABLES, CellFilter
     from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
+    only = CellFilter(archs=frozenset(archs), seeds=frozenset(seeds), blocks=frozenset(blocks))
     for t in (TABLES if table == "all" else (table,)):
-        res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
-                           command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only,
-                           fpr_confidence=fpr_confidence or None)
+        try:
+            res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
+                               command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only,
+                               fpr_confidence=fpr_confidence or None, only=only)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
         click.echo(f"table {t}: {res['meta']['cells_done']}/{res['meta']['cells_total']} cells -> "
                    f"{Path(out) / f'table{t}.md'}")
 

@@ -401,23 +401,37 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
     return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": found}
 
 
+@dataclass(frozen=True)
+class CellFilter:
+    """A subset of a table's grid (empty = any): splits one table over processes or machines."""
+
+    archs: frozenset[str] = frozenset()
+    seeds: frozenset[int] = frozenset()
+    blocks: frozenset[int] = frozenset()
+
+    def __call__(self, cell: Cell) -> bool:
+        return ((not self.archs or cell.arch in self.archs) and (not self.seeds or cell.seed in self.seeds)
+                and (not self.blocks or cell.blocks in self.blocks))
+
+
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
               command: str = "", cached_only: bool = False,
-              fpr_confidence: float | None = DetectorConfig.fpr_confidence) -> dict:
+              fpr_confidence: float | None = DetectorConfig.fpr_confidence, only: CellFilter = CellFilter()) -> dict:
     """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
     profile = replace(PROFILES[profile_name], fpr_confidence=fpr_confidence)
     return reproduce_spec(load_table(table), profile, out_dir, cache_dir, data_dir, max_cells,
-                          progress, log, command, cached_only)
+                          progress, log, command, cached_only, only)
 
 
 def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results"), cache_dir: Path | None = None,
                    data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
-                   command: str = "", cached_only: bool = False) -> dict:
+                   command: str = "", cached_only: bool = False, only: CellFilter = CellFilter()) -> dict:
     """Run (or resume) the table's cells in order and render it; ``cached_only`` renders the finished cells alone
-    (e.g. cells computed on another machine and merged into the cache) and computes nothing."""
+    (e.g. cells computed on another machine and merged into the cache) and computes nothing; ``only`` restricts
+    both to a subset of the grid."""
     table = spec["id"]
     t0 = time.perf_counter()
     ds = resolve_dataset(spec["dataset"], data_dir)
@@ -425,7 +439,10 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     cells = table_cells(spec, profile, ds.name)
     surrogate_size = int(len(cells[0].splits(ds).surrogate_idx)) if cells else 0
     done_cells, outs = [], []
-    todo = cells if max_cells is None else cells[:max_cells]
+    selected = [c for c in cells if only(c)]
+    if not selected:
+        raise ValueError(f"no cell of table {table} matches {only}")
+    todo = selected if max_cells is None else selected[:max_cells]
     if cached_only:
         todo = [c for c in todo if (cache_dir / "cells" / f"{c.key()}.json").exists()]
 
@@ -508,5 +525,5 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
     return written
 
 
-__all__ = ["TABLES", "PROFILES", "Profile", "Cell", "load_table", "table_cells", "run_cell", "aggregate",
+__all__ = ["TABLES", "PROFILES", "Profile", "Cell", "CellFilter", "load_table", "table_cells", "run_cell", "aggregate",
            "reproduce", "reproduce_spec", "write_figures"]

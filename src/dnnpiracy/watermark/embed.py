@@ -11,7 +11,7 @@ from torch import nn
 from dnnpiracy.config import TrainConfig, TriggerConfig
 from dnnpiracy.data import Dataset, Splits
 from dnnpiracy.io import git_commit, read_json, write_json
-from dnnpiracy.training import accuracy, load_model, save_model, train_classifier
+from dnnpiracy.training import accuracy, load_model, resolve_device, save_model, train_classifier
 from dnnpiracy.watermark.triggers import (
     TriggerSet,
     load_trigger_set,
@@ -71,6 +71,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
         if report.get("train_config") == asdict(train_cfg) and report.get("trigger_config") == (
                 asdict(trigger_cfg) if trigger_cfg else None) and report.get("dataset") == ds.name:
             model, _ = load_model(model_path, arch=train_cfg.arch, dataset=ds.name)
+            model = model.to(resolve_device(train_cfg.device))   # where a freshly trained target would be
             triggers = load_trigger_set(out_dir / TRIGGERS_FILE) if trigger_cfg else None
             fresh = load_trigger_set(out_dir / FRESH_FILE) if trigger_cfg else None
             log(f"reusing target in {out_dir}")
