@@ -108,6 +108,10 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     only = reproduce_spec(spec, prof, tmp_path / "partial", tmp_path / "cache", progress=False, log=lambda m: None,
                           cached_only=True)
     assert {r["detector"] for r in only["rows"]} == {"knn-input"} and only["meta"]["cells_done"] == 1
+    # the target was built elsewhere (no report here): its training time comes from what the cell recorded
+    kept = json.loads(next(c for c in cells if c.exists()).read_text())
+    assert only["meta"]["compute_seconds"]["n_targets_from_cells"] == 1
+    assert only["meta"]["compute_seconds"]["targets"] == pytest.approx(kept["target_report"]["train_seconds"])
     assert only["meta"]["cells_total"] == 2 and "1/2 finished" in (tmp_path / "partial" / "table1.md").read_text()
     assert not (tmp_path / "partial" / "figures" / "table1_gallery.png").exists()
     # the traffic-calibrated threshold is computed from the cached scores of the calibrated cell alone

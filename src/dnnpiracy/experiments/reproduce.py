@@ -387,18 +387,26 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
     """What the finished cells cost, each target counted once whichever cell built it (or whether an earlier table
     did): ``detectors`` = the cells' own time less any time they spent obtaining their target (cells written before
     ``target_seconds`` was recorded count whole), ``targets`` = each distinct target's recorded build time
-    (``wall_seconds`` of its report: training and the owner's metrics)."""
+    (``wall_seconds`` of its report: training and the owner's metrics).  A target built on another machine (cells
+    merged from a GPU) has no report here: its training time as the cells recorded it counts instead
+    (``n_targets_from_cells`` counts these)."""
     detectors = sum(o["seconds"] - o.get("target_seconds", 0.0) for o in outs)
     # the cells of one target differ only in their detector: one representative each, so each split is drawn once
-    by_target = {(c.train, c.trigger_config(), c.seed): c for c in cells}
-    targets, found = 0.0, 0
-    for cell in by_target.values():
+    by_target: dict[tuple, tuple[Cell, list[dict]]] = {}
+    for c, o in zip(cells, outs):
+        by_target.setdefault((c.train, c.trigger_config(), c.seed), (c, []))[1].append(o)
+    targets, found, from_cells = 0.0, 0, 0
+    for cell, its_outs in by_target.values():
         report = (cache_dir / "targets" / target_key(ds.name, cell.train, cell.trigger_config(), cell.target_splits(ds))
                   / "report.json")
         if report.exists():
             found += 1
             targets += float(read_json(report).get("wall_seconds", 0.0))
-    return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": found}
+        elif (train_s := its_outs[0].get("target_report", {}).get("train_seconds")) is not None:
+            from_cells += 1
+            targets += float(train_s)
+    return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": found + from_cells,
+            "n_targets_from_cells": from_cells}
 
 
 @dataclass(frozen=True)
