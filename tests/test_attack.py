@@ -446,6 +446,31 @@ def test_dknn_counts_disagreeing_neighbours_and_its_leave_one_out_is_exact():
         DkNNScorer(k=0)
 
 
+def test_confident_dknn_weights_the_votes_by_the_softmax_margin():
+    """dknn-margin: the same disagreeing votes count fully for a query the target answers with certainty, little for
+    a query it hesitates on, and not at all when the label scored is not the target's answer; the weight is the
+    query's own, so leave-one-out equals refitting without each sample."""
+    from dnnpiracy.attack.scorers import ConfidentDkNNScorer, DkNNScorer, Scorer
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=gen) * 3
+    y = torch.arange(30) % 3
+    ev = Evidence({"stage:a": centres[y] + torch.randn(30, 8, generator=gen) * 0.3,
+                   "logits": torch.randn(30, 3, generator=gen) * 3})
+    plain, conf = DkNNScorer(stages=(0,), k=5).fit(ev, y), ConfidentDkNNScorer(stages=(0,), k=5).fit(ev, y)
+    # sample 1 (class 1) queried as class 0: 5 votes against; confident, hesitant and contradicting logits
+    q = Evidence({"stage:a": ev["stage:a"][[1, 1, 1]],
+                  "logits": torch.tensor([[20.0, 0.0, 0.0], [1.0, 0.9, 0.0], [0.0, 5.0, 0.0]])})
+    y0 = torch.zeros(3, dtype=torch.long)
+    assert plain.score(q, y0).tolist() == [5.0, 5.0, 5.0]
+    s = conf.score(q, y0)
+    p = q["logits"].softmax(1)
+    assert s[0] == pytest.approx(5.0, abs=1e-6) and s[1] == pytest.approx(5 * float(p[1, 0] - p[1, 1]), rel=1e-5)
+    assert s[2] == 0.0 and conf.reads() == {"stages", "logits"}
+    yp = y.clone()
+    yp[[3, 7]] = torch.tensor([1, 2])
+    assert torch.allclose(conf.loo_scores(ev, y, yp), Scorer.loo_scores(conf, ev, y, yp), atol=1e-6)
+
+
 def test_ensemble_of_a_count_scorer_with_no_quartile_spread_stays_finite():
     """A count-valued component whose out-of-fold scores are mostly 0 has no interquartile range: the ensemble
     standardises it by its standard deviation instead of dividing by ~0."""

@@ -30,6 +30,7 @@ from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
 from dnnpiracy.attack.scorers import (
     LEAVE_ONE_OUT,
     ClassNormalizedScorer,
+    ConfidentDkNNScorer,
     DCGANScorer,
     DkNNScorer,
     EnergyScorer,
@@ -96,6 +97,13 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         [PatchKNNScorer("input", patch=5), DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-patch-dknn-123": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=5), DkNNScorer((0, 1, 2))], "sum", cfg.calibration_folds, cfg.seed),
+    # round 9: the Deep-kNN votes weighted by the target's softmax margin (ConfidentDkNNScorer)
+    "dknn-margin": lambda cfg: ConfidentDkNNScorer((1, 2)),
+    "ensemble-patch-dknn-margin": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("input", patch=5), ConfidentDkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
+    "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
+         ConfidentDkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-mahalanobis-stages-input-knn-patch-dknn": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
          DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),

@@ -543,6 +543,33 @@ class EnergyScorer(Scorer):
         return -torch.logsumexp(ev.need("logits").float(), 1)
 
 
+class ConfidentDkNNScorer(DkNNScorer):
+    """Deep-kNN label disagreement weighted by the target's confidence: the votes against the predicted label y
+    times the softmax margin p_y - max_{c != y} p_c (0 when y is not the target's answer).  In DkNN's terms, a query
+    whose softmax is confident while its early-stage neighbours disagree (low credibility) is suspicious.  A trigger
+    the target memorised is answered with near certainty; a clean input that the target confuses with a neighbouring
+    class (a shirt answered "T-shirt") has disagreeing neighbours too, but a small margin, so it no longer looks like
+    one.  The weight is the query's own, so leave-one-out stays exact."""
+
+    name = "dknn-margin"
+
+    @staticmethod
+    def margin(ev: Evidence, y: torch.Tensor) -> torch.Tensor:
+        p = ev.need("logits").double().softmax(1)
+        own = p.gather(1, y[:, None]).squeeze(1)
+        other = p.scatter(1, y[:, None], -1.0).amax(1)
+        return (own - other).clamp_min(0)
+
+    def reads(self) -> set[str]:
+        return {self.evidence, "logits"}
+
+    def score(self, ev, y):
+        return (super().score(ev, y).double() * self.margin(ev, y)).float()
+
+    def loo_scores(self, ev, y_true, y_pred):
+        return (super().loo_scores(ev, y_true, y_pred).double() * self.margin(ev, y_pred)).float()
+
+
 class EnsembleScorer(Scorer):
     """Combine scorers of different evidence: each component's score is standardised by the median and the
     interquartile range (the standard deviation where that is 0) of its own out-of-fold scores on the surrogate
