@@ -14,11 +14,13 @@ def test_tables_declare_the_paper_grid():
     assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
     cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
     previous = {"ensemble-stages-input", "ensemble-mahalanobis-stages-input-knn"}     # the earlier defaults
-    assert len(cells) == 10 * 3 * 4 and {c.arch for c in cells} == {"resnet18"}
-    assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch"} | previous
+    assert len(cells) == 10 * 3 * 5 and {c.arch for c in cells} == {"resnet18"}
+    assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch",
+                                           "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin"} | previous
     fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
-    assert len(fashion) == 10 * 3 * 6
-    assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn", "patch-input-p5", "patch-input"} | previous
+    assert len(fashion) == 10 * 3 * 5
+    assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn", "patch-input-p5", "ensemble-stages-input",
+                                             "ensemble-patch-dknn-margin"}
     # "default" and the name it stands for are one design, run once
     assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch"]),
                            PROFILES["cpu"], "mnist-10k")) == 10 * 3
