@@ -47,17 +47,18 @@ job() {   # job NAME TABLE [reproduce filters...]: one table (subset), inside wh
   local left=$((end - SECONDS))
   [ "$left" -lt 20 ] && { echo "$name: budget spent before table $table" >>"$LOG"; return; }
   echo "== $name: table $table $* ($left s left) $(date -u +%T)" >>"$LOG"
-  timeout "$left" python3 -m dnnpiracy --threads "$THREADS" reproduce --table "$table" --profile "$PROFILE" "$@" \
+  timeout -k 15 "$left" python3 -m dnnpiracy --threads "$THREADS" reproduce --table "$table" --profile "$PROFILE" "$@" \
     --out "$TABLES_OUT/$name" --cache-dir "$CACHE" --data-dir "$DATA_DIR" >>"$TABLES_OUT/$name.log" 2>&1
   echo "== $name: table $table exit $? $(date -u +%T)" >>"$LOG"
 }
 
-(job j1 3 --arch resnet34; job j1t5 5) &
-(job j2 3 --arch resnet101) &
-(job j3 3 --arch resnet152 --seed 0 --seed 2) &
-(job j4 3 --arch resnet152 --seed 1) &
-(job j5 4 --blocks 1 --blocks 2 --blocks 3) &
-wait $(jobs -p | grep -v "^$MONITOR$")
+pids=()
+(job j1 3 --arch resnet34; job j1t5 5) & pids+=($!)
+(job j2 3 --arch resnet101) & pids+=($!)
+(job j3 3 --arch resnet152 --seed 0 --seed 2) & pids+=($!)
+(job j4 3 --arch resnet152 --seed 1) & pids+=($!)
+(job j5 4 --blocks 1 --blocks 2 --blocks 3) & pids+=($!)
+wait "${pids[@]}"
 kill "$MONITOR" 2>/dev/null
 echo "finished cells: $(ls "$CACHE/cells" | wc -l) $(date -u +%T)" >>"$LOG"
 # cells + per-cell logs (targets stay behind: ResNet weights exceed what comes back) + the tables and job logs

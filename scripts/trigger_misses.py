@@ -31,7 +31,11 @@ def cell_misses(out: dict, source_labels: list[int], trigger_label: int, target_
     res = next(r for r in out["results"] if r.get("target_fpr") == target_fpr)
     scores = out["scores"]["triggers"]
     order = sorted(range(len(scores)), key=lambda i: scores[i])
-    missed = set(order[: res["k_fn"]])
+    k = res["k_fn"]
+    if 0 < k < len(scores) and not scores[order[k - 1]] < scores[order[k]]:   # a tie (rounded scores) or a NaN
+        raise ValueError(f"cannot tell which {k} of the triggers were missed: scores {scores[order[k - 1]]} and "
+                         f"{scores[order[k]]} straddle the threshold")
+    missed = set(order[:k])
     same = [i for i, y in enumerate(source_labels) if y == trigger_label]
     return {"n": len(scores), "n_same": len(same), "missed": res["k_fn"],
             "missed_same": sum(i in missed for i in same), "fpr": res["fpr"]}
@@ -55,10 +59,9 @@ def table_rows(table: str, profile: str) -> list[dict]:
             continue
         src = [int(ds.train_y[i]) for i in read_json(report)["trigger_source_idx"]]
         m = cell_misses(out, src, c.trigger_label)
-        r = rows.setdefault((c.detector, c.trigger_label), {"table": table, "dataset": ds.name,
-                                                             "detector": c.detector, "trigger_label": c.trigger_label,
-                                                             "seeds": [], "n": 0, "n_same": 0, "missed": 0,
-                                                             "missed_same": 0})
+        r = rows.setdefault((c.detector, c.arch, c.blocks, c.trigger_label), {
+            "table": table, "dataset": ds.name, "detector": c.detector, "arch": c.arch, "blocks": c.blocks,
+            "trigger_label": c.trigger_label, "seeds": [], "n": 0, "n_same": 0, "missed": 0, "missed_same": 0})
         r["seeds"].append(c.seed)
         for k in ("n", "n_same", "missed", "missed_same"):
             r[k] += m[k]
@@ -68,7 +71,8 @@ def table_rows(table: str, profile: str) -> list[dict]:
         r["fnr_same"] = r["missed_same"] / r["n_same"] if r["n_same"] else None
         r["fnr_informative"] = (r["missed"] - r["missed_same"]) / n_inf if n_inf else None
         r["default"] = r["detector"] == default_detector(ds.name)
-    return sorted(rows.values(), key=lambda r: (not r["default"], r["detector"], r["trigger_label"]))
+    return sorted(rows.values(), key=lambda r: (not r["default"], r["detector"], r["arch"], r["blocks"],
+                                                r["trigger_label"]))
 
 
 def _f(v) -> str:
@@ -85,17 +89,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for table in sorted({r["table"] for r in rows}):
         sub = [r for r in rows if r["table"] == table]
         lines += [f"## Table {table} ({sub[0]['dataset']})", "",
-                  "| detector | label | seeds | triggers | same-class | missed | missed same-class | FNR | "
-                  "FNR same-class | FNR informative |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| detector | arch | blocks | label | seeds | triggers | same-class | missed | missed same-class | "
+                  "FNR | FNR same-class | FNR informative |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in sub:
             name = r["detector"] + (" (default)" if r["default"] else "")
-            lines.append(f"| {name} | {r['trigger_label']} | {','.join(map(str, sorted(r['seeds'])))} | {r['n']} | "
+            lines.append(f"| {name} | {r['arch']} | {r['blocks']} | {r['trigger_label']} | "
+                         f"{','.join(map(str, sorted(r['seeds'])))} | {r['n']} | "
                          f"{r['n_same']} | {r['missed']} | {r['missed_same']} | {_f(r['fnr'])} | {_f(r['fnr_same'])} | "
                          f"{_f(r['fnr_informative'])} |")
         for det in sorted({r["detector"] for r in sub}):
             d = [r for r in sub if r["detector"] == det]
             n, ns, m, ms = (sum(r[k] for r in d) for k in ("n", "n_same", "missed", "missed_same"))
-            lines.append(f"| **{det}, all labels** | | | {n} | {ns} | {m} | {ms} | {_f(m / n)} | "
+            lines.append(f"| **{det}, all rows** | | | | | {n} | {ns} | {m} | {ms} | {_f(m / n)} | "
                          f"{_f(ms / ns if ns else None)} | {_f((m - ms) / (n - ns) if n > ns else None)} |")
         lines.append("")
     lines.append(f"Wall time {meta['wall_seconds']:.1f} s (reads the cache). Command `{meta['command']}`, "
@@ -111,7 +116,7 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]
-    if not tables or any(t not in "1234" for t in tables):
+    if not tables or any(t not in {"1", "2", "3", "4"} for t in tables):
         sys.exit(f"--tables must be among 1,2,3,4; got {args.tables!r}")
     rows = [r for t in tables for r in table_rows(t, args.profile)]
     if not rows:

@@ -16,3 +16,10 @@ def test_misses_are_the_lowest_scores_split_by_source_label():
     assert m == {"n": 5, "n_same": 2, "missed": 2, "missed_same": 1, "fpr": 0.004}
     m = trigger_misses.cell_misses(out, [1, 2, 3, 6, 6], trigger_label=6, target_fpr=0.005)
     assert m["missed"] == 3 and m["missed_same"] == 1          # trigger 2 (score 7) is the third lowest
+
+
+def test_a_tie_at_the_threshold_is_refused():
+    import pytest
+    out = {"results": [{"target_fpr": 0.01, "k_fn": 1, "fpr": 0.0}], "scores": {"triggers": [3.0, 1.0, 1.0]}}
+    with pytest.raises(ValueError, match="straddle"):
+        trigger_misses.cell_misses(out, [0, 0, 0], trigger_label=0)

@@ -142,6 +142,35 @@ def traffic_figure(rows: list[dict], title: str) -> bytes:
     return _png(fig)
 
 
+def fnr_by_label_figure(rows: list[dict], title: str, max_fnr: float | None = None,
+                        default_detector: str | None = None) -> bytes:
+    """Per trigger label, each calibrated detector's FNR on the 15 embedded triggers (solid) beside its FNR on fresh
+    triggers (the owner's stamp on new images; hatched): where a design gains on one and loses on the other."""
+    plt = _plt()
+    rows = [r for r in rows if r.get("target_fpr") is not None and r.get("fnr_fresh_mean") is not None]
+    names = sorted({r["detector"] for r in rows}, key=lambda d: (d != default_detector, d))
+    labels = sorted({r["trigger_label"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(labels) * max(1, len(names)) / 2), 4))
+    width = 0.8 / (2 * max(1, len(names)))
+    for i, name in enumerate(names):
+        per = {r["trigger_label"]: r for r in rows if r["detector"] == name}
+        tag = f"{name} (default)" if name == default_detector else name
+        for j, (key, kind) in enumerate((("fnr_mean", "embedded"), ("fnr_fresh_mean", "fresh"))):
+            x = [k + (2 * i + j - len(names) + 0.5) * width for k, lab in enumerate(labels) if lab in per]
+            ax.bar(x, [per[lab][key] for lab in labels if lab in per], width, color=f"C{i}",
+                   hatch="//" if kind == "fresh" else None, alpha=0.55 if kind == "fresh" else 1.0,
+                   label=f"{tag}, {kind}")
+    if max_fnr is not None:
+        ax.axhline(max_fnr, color="k", lw=0.8, ls="--", label=f"bar: FNR <= {max_fnr:g}")
+    ax.set_xticks(range(len(labels)))
+    ax.set_xticklabels([f"label {lab}" for lab in labels], fontsize=8)
+    ax.set_ylabel("FNR (mean over seeds)")
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(title, fontsize=10)
+    return _png(fig)
+
+
 def heatmap_gallery(clean_x, clean_y, clean_maps, clean_pred, trig_x, trig_src, trig_maps, trig_pred,
                     class_names: list[str], title: str) -> bytes:
     """Per class c: a clean input of class c and a trigger input made from a class-c image, each with its Grad-CAM

@@ -197,7 +197,8 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
             "k_fp": round(m["fpr"] * m["n_clean"]), "k_fn": round(m["fnr"] * m["n_triggers"])})
     out = {"cell": {**asdict(cell), "train": asdict(cell.train)}, "detector_name": det.name, "rule": det.spec.rule,
            "target_report": {k: target.report.get(k) for k in ("test_accuracy", "trigger_accuracy",
-                                                              "fresh_trigger_accuracy", "train_seconds")},
+                                                              "fresh_trigger_accuracy", "train_seconds",
+                                                              "wall_seconds")},
            "results": results, "scores": scores, "fit_seconds": det.fit_info["fit_seconds"],
            "seconds": time.perf_counter() - t0, "target_seconds": target_seconds,
            "device": compute_device(target.model),
@@ -388,8 +389,9 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
     did): ``detectors`` = the cells' own time less any time they spent obtaining their target (cells written before
     ``target_seconds`` was recorded count whole), ``targets`` = each distinct target's recorded build time
     (``wall_seconds`` of its report: training and the owner's metrics).  A target built on another machine (cells
-    merged from a GPU) has no report here: its training time as the cells recorded it counts instead
-    (``n_targets_from_cells`` counts these)."""
+    merged from a GPU) has no report here: its build time as its cells recorded it counts instead (the report's
+    ``wall_seconds``, or ``train_seconds`` in cells written before that was kept; ``n_targets_from_cells`` counts
+    these)."""
     detectors = sum(o["seconds"] - o.get("target_seconds", 0.0) for o in outs)
     # the cells of one target differ only in their detector: one representative each, so each split is drawn once
     by_target: dict[tuple, tuple[Cell, list[dict]]] = {}
@@ -402,9 +404,13 @@ def compute_seconds(cells: list[Cell], outs: list[dict], ds: Dataset, cache_dir:
         if report.exists():
             found += 1
             targets += float(read_json(report).get("wall_seconds", 0.0))
-        elif (train_s := its_outs[0].get("target_report", {}).get("train_seconds")) is not None:
-            from_cells += 1
-            targets += float(train_s)
+        elif all("target_seconds" in o for o in its_outs):   # older cells count their target inside `seconds`
+            built = [o.get("target_report", {}) for o in its_outs]
+            secs = next((b.get(k) for k in ("wall_seconds", "train_seconds") for b in built if b.get(k) is not None),
+                        None)
+            if secs is not None:
+                from_cells += 1
+                targets += float(secs)
     return {"detectors": detectors, "targets": targets, "total": detectors + targets, "n_targets": found + from_cells,
             "n_targets_from_cells": from_cells}
 
@@ -487,9 +493,10 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
 def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], outs: list[dict], rows: list[dict],
                   out_dir: Path, cache_dir: Path, train_missing: bool = True) -> list[Path]:
     """figures/table<N>_roc.png (every finished cell that kept its scores), table5_sweep.png (FPR/FNR against the
-    threshold) and, for the per-label tables, a heatmap gallery of the label-0 seed-0 target (skipped when that
+    threshold) and, for the per-label tables, the calibrated detectors' FNR per label (embedded vs fresh triggers)
+    and a heatmap gallery of the label-0 seed-0 target (skipped when that
     target is not cached and ``train_missing`` is False)."""
-    from dnnpiracy.evaluation.plots import heatmap_gallery, roc_figure, threshold_sweep_figure
+    from dnnpiracy.evaluation.plots import fnr_by_label_figure, heatmap_gallery, roc_figure, threshold_sweep_figure
 
     fig_dir = out_dir / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
@@ -510,6 +517,12 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
         atomic_write_bytes(path, threshold_sweep_figure(
             rows, f"Table V ({ds.name}, profile {profile.name}): FPR and FNR against the threshold",
             default_detector(ds.name)))
+        written.append(path)
+    if table in ("1", "2") and any(r.get("target_fpr") is not None for r in rows):
+        path = fig_dir / f"table{table}_fnr_by_label.png"
+        atomic_write_bytes(path, fnr_by_label_figure(
+            rows, f"Table {table} ({ds.name}, profile {profile.name}): calibrated detectors' FNR per trigger label, "
+            "embedded vs fresh triggers", BARS.get(ds.name, (None, None))[1], default_detector(ds.name)))
         written.append(path)
     first = next((c for c in cells if c.trigger_label == 0 and c.seed == 0), None)
     if table in ("1", "2") and first is not None:
