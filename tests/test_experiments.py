@@ -173,7 +173,15 @@ def test_traffic_fit_study_refits_the_default_and_caches_per_cell(tmp_path, monk
                                     progress=False) == rows
     md = tf.traffic_fit_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 60, "repeats": 2,
                                         "wall_seconds": 0.0, "device": "cpu", "command": "x", "git_commit": "y"})
-    assert "| 1 | 0 | small-cnn | 4 |" in md
+    assert "| 1 | 0 | small-cnn | 4 |" in md and "default detector" in md
+    # a named design instead of the default: only a column of the table, and only a calibrated one
+    with pytest.raises(ValueError, match="not a calibrated"):
+        tf.spec_traffic_fit_rows(spec, prof, ds, tmp_path / "cache", detector="paper", progress=False)
+    assert tf.spec_traffic_fit_rows(spec, prof, ds, tmp_path / "cache", detector="knn-input", progress=False) == []
+    md = tf.traffic_fit_markdown(rows, {"profile": "test", "target_fpr": 0.05, "n_traffic": 60, "repeats": 2,
+                                        "wall_seconds": 0.0, "device": "cpu", "command": "x", "git_commit": "y",
+                                        "detector": "knn-input"})
+    assert "detector `knn-input`" in md
 
 
 def test_cells_with_another_surrogate_share_reuse_the_target(tmp_path, monkeypatch):

@@ -352,11 +352,13 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
               help="probe only a seeded subset of this many clean evaluation inputs per cell (Fashion-MNIST has 9,500)")
 @click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_fit", show_default=True,
               help="writes OUT.md and OUT.json")
+@click.option("--detector", default="default", show_default=True,
+              help="the calibrated design whose finished cells are refitted (a column of the tables)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out, cache_dir, data_dir):
-    """Refit the default detector of finished `reproduce` cells on surrogate + unlabelled traffic (probes the cached
-    targets: trains nothing), beside the surrogate-fitted detector thresholded on the surrogate set or on the
+def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out, detector, cache_dir, data_dir):
+    """Refit a detector (the default) of finished `reproduce` cells on surrogate + unlabelled traffic (probes the
+    cached targets: trains nothing), beside the surrogate-fitted detector thresholded on the surrogate set or on the
     traffic."""
     from dnnpiracy.experiments.traffic import write_traffic_fit_study
     chosen = _study_tables(tables)
@@ -364,7 +366,7 @@ def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out,
     try:
         res = write_traffic_fit_study(chosen, profile, out, Path(cache_dir) if cache_dir else None, data_dir,
                                       target_fpr, n_traffic, repeats, max_clean,
-                                      command=" ".join(["dnnpiracy", *sys.argv[1:]]))
+                                      command=" ".join(["dnnpiracy", *sys.argv[1:]]), detector=detector)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"{len(res['rows'])} rows -> {out.with_suffix('.md')}")

@@ -171,11 +171,14 @@ def _traffic_fit_cell(cell: Cell, ds: Dataset, cache_dir: Path, design: str, tar
 
 def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: Path, target_fpr: float = 0.01,
                           n_traffic: int = 500, repeats: int = 10, max_clean: int | None = None,
-                          progress: bool = True) -> list[dict]:
-    """One table's finished cells of the dataset's default design, refitted on surrogate + traffic
-    (evaluation/traffic.py ``traffic_fit``).  Needs the cached targets (probes every clean evaluation input, or a
-    seeded ``max_clean`` of them); trains nothing: a cell whose JSON is not in the cache is skipped."""
-    design = default_detector(ds.name)
+                          progress: bool = True, detector: str = "default") -> list[dict]:
+    """One table's finished cells of one calibrated design (the dataset's default unless named), refitted on
+    surrogate + traffic (evaluation/traffic.py ``traffic_fit``).  Needs the cached targets (probes every clean
+    evaluation input, or a seeded ``max_clean`` of them); trains nothing: a cell whose JSON is not in the cache is
+    skipped."""
+    design = default_detector(ds.name) if detector == "default" else detector
+    if resolve_spec(design).rule != "calibrated":
+        raise ValueError(f"detector {design!r} is not a calibrated detector: only those can be fitted on traffic")
     cells = [c for c in table_cells(spec, profile, ds.name)
              if c.detector == design and (cache_dir / "cells" / f"{c.key()}.json").exists()]
     groups: dict[tuple, list[dict]] = {}
@@ -203,7 +206,9 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
 
 def traffic_fit_markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Detector fitted on surrogate + unlabelled traffic", "",
-             f"Profile `{meta['profile']}`, target FPR {meta['target_fpr']}, the dataset's default detector. In "
+             f"Profile `{meta['profile']}`, target FPR {meta['target_fpr']}, "
+             + ("the dataset's default detector" if meta.get("detector", "default") == "default"
+                else f"detector `{meta['detector']}`") + ". In "
              f"each of {meta['repeats']} draws per cell, {meta['n_traffic']} clean evaluation inputs play the "
              "pirate's first, unlabelled traffic"
              + (f" (out of a seeded {meta['max_clean']} of the clean evaluation inputs)" if meta.get("max_clean")
@@ -239,7 +244,8 @@ def traffic_fit_markdown(rows: list[dict], meta: dict) -> str:
 
 def write_traffic_fit_study(tables: list[str], profile_name: str, out: Path, cache_dir: Path | None = None,
                             data_dir: str | None = None, target_fpr: float = 0.01, n_traffic: int = 500,
-                            repeats: int = 10, max_clean: int | None = None, command: str = "") -> dict:
+                            repeats: int = 10, max_clean: int | None = None, command: str = "",
+                            detector: str = "default") -> dict:
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir or default_cache_dir())
     rows = []
@@ -247,11 +253,12 @@ def write_traffic_fit_study(tables: list[str], profile_name: str, out: Path, cac
         spec = load_table(table)
         ds = resolve_dataset(spec["dataset"], data_dir)
         rows += spec_traffic_fit_rows(spec, PROFILES[profile_name], ds, cache_dir, target_fpr, n_traffic, repeats,
-                                      max_clean)
+                                      max_clean, detector=detector)
     if not rows:
-        raise ValueError(f"no finished cells of the default detector for tables {','.join(tables)} (profile "
+        raise ValueError(f"no finished cells of the detector {detector!r} for tables {','.join(tables)} (profile "
                          f"{profile_name}) in the cache: run `dnnpiracy reproduce` first")
-    meta = {"profile": profile_name, "tables": tables, "target_fpr": target_fpr, "n_traffic": n_traffic,
+    meta = {"profile": profile_name, "tables": tables, "detector": detector, "target_fpr": target_fpr,
+            "n_traffic": n_traffic,
             "repeats": repeats, "max_clean": max_clean, "wall_seconds": time.perf_counter() - t0,
             "device": f"cpu ({torch.get_num_threads()} threads)", "command": command, "git_commit": git_commit()}
     out = Path(out)
