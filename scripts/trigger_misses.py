@@ -37,7 +37,7 @@ def cell_misses(out: dict, source_labels: list[int], trigger_label: int, target_
                          f"{scores[order[k]]} straddle the threshold")
     missed = set(order[:k])
     same = [i for i, y in enumerate(source_labels) if y == trigger_label]
-    return {"n": len(scores), "n_same": len(same), "missed": res["k_fn"],
+    return {"n": len(scores), "n_same": len(same), "missed": k,
             "missed_same": sum(i in missed for i in same), "fpr": res["fpr"]}
 
 
@@ -45,7 +45,7 @@ def table_rows(table: str, profile: str) -> list[dict]:
     spec = load_table(table)
     ds = resolve_dataset(spec["dataset"], None)
     cache = default_cache_dir()
-    rows: dict[tuple[str, int], dict] = {}
+    rows: dict[tuple[str, str, int, int], dict] = {}
     for c in table_cells(spec, PROFILES[profile], ds.name):
         if resolve_spec(c.detector).rule != "calibrated":
             continue
@@ -81,7 +81,8 @@ def _f(v) -> str:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = ["# Missed triggers by the label of the image they were stamped on", "",
-             "Calibrated detectors at target FPR 0.01 (90 % confidence), cpu profile, pooled over the seeds listed. "
+             f"Calibrated detectors at target FPR 0.01 (90 % confidence), {meta['profile']} profile, pooled over "
+             "the seeds listed. "
              "`same-class`: triggers stamped on a training image that already has the trigger label (a stamped 6 "
              "relabelled 6: no ownership evidence, nothing for class-consistency evidence to read); `informative`: "
              "the rest. FNR = missed / triggers in the group, over all seeds of the row (the tables average per seed, "
