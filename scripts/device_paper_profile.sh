@@ -5,8 +5,9 @@
 #   OUT=/some/dir DNNPIRACY_GIT_COMMIT=$(git rev-parse --short=12 HEAD) bash scripts/device_paper_profile.sh 540
 #
 # The paper profile trains at batch 128 on 28x28 digits: one process leaves the GPU mostly idle, waiting for kernel
-# launches. So the grid is split (`reproduce --arch/--seed/--blocks`) over five processes that share one cache, each
-# owning different targets (no two processes ever train the same target):
+# launches. So the grid is split (`reproduce --arch/--seed/--blocks/--trigger-label`) over five processes that share
+# one cache, each owning different targets (no two processes ever train the same target). SET picks the jobs:
+#   SET=table1 or SET=table2: that table, two trigger labels per job. SET=mnist345 (the default):
 #   1. Table III ResNet-34, then Table V (reuses those ResNet-34 label-0 targets)
 #   2. Table III ResNet-101
 #   3. Table III ResNet-152, seeds 0 and 2        4. Table III ResNet-152, seed 1
@@ -15,7 +16,11 @@
 # Merging here: tar xzf bundle.tgz -C /tmp/b && cp -n /tmp/b/cells/*.json ~/.cache/dnnpiracy/runs/cells/
 #   (and the logs likewise), then `dnnpiracy reproduce --table N --profile paper --out results/paper --cached-only`.
 # Needs: python3 with torch, numpy, safetensors, matplotlib, click, tqdm (not captum); the mnist-10k tarball under
-# $DATA_DIR. Resuming in a later GPU session: carry finished paper-profile cells in $CELLS_IN and they are skipped.
+# $DATA_DIR; SET=table2 also Fashion-MNIST's four IDX files in $DATA_DIR/fashion-mnist (here:
+# `cp /usr/share/datasets/fashion-mnist/*.gz .devdata/fashion-mnist/`, 30 MB of the call's 64 MiB).
+# Resuming in a later GPU session: carry finished paper-profile cells in $CELLS_IN and they are skipped, e.g.
+#   mkdir -p .devcache/cells && cp ~/.cache/dnnpiracy/runs/cells/<the table's paper-profile cells> .devcache/cells
+# (.devdata and .devcache ignored by git, named in the device call's carry).
 set -u
 OUT="${OUT:?set OUT to the folder that receives bundle.tgz and log.txt}"
 BUDGET="${1:-540}"
@@ -53,12 +58,22 @@ job() {   # job NAME TABLE [reproduce filters...]: one table (subset), inside wh
 }
 
 pids=()
-(job j1 3 --arch resnet34; job j1t5 5) & pids+=($!)
-(job j2 3 --arch resnet101) & pids+=($!)
-(job j3 3 --arch resnet152 --seed 0 --seed 2) & pids+=($!)
-(job j4 3 --arch resnet152 --seed 1) & pids+=($!)
-(job j5 4 --blocks 1 --blocks 2 --blocks 3) & pids+=($!)
-wait "${pids[@]}"
+case "${SET:-mnist345}" in
+  mnist345)   # Tables III-V (done in session 3 of the device runs: results/paper/device_run_3)
+    (job j1 3 --arch resnet34; job j1t5 5) & pids+=($!)
+    (job j2 3 --arch resnet101) & pids+=($!)
+    (job j3 3 --arch resnet152 --seed 0 --seed 2) & pids+=($!)
+    (job j4 3 --arch resnet152 --seed 1) & pids+=($!)
+    (job j5 4 --blocks 1 --blocks 2 --blocks 3) & pids+=($!) ;;
+  table1|table2)   # one table, two trigger labels per job (6 targets each); resume with CELLS_IN in a later session
+    t=${SET#table}
+    for pair in "0 1" "2 3" "4 5" "6 7" "8 9"; do
+      set -- $pair
+      (job "t${t}l$1$2" "$t" --trigger-label "$1" --trigger-label "$2") & pids+=($!)
+    done ;;
+  *) echo "unknown SET=$SET (mnist345, table1, table2)" >>"$LOG" ;;
+esac
+[ "${#pids[@]}" -gt 0 ] && wait "${pids[@]}"
 kill "$MONITOR" 2>/dev/null
 echo "finished cells: $(ls "$CACHE/cells" | wc -l) $(date -u +%T)" >>"$LOG"
 # cells + per-cell logs (targets stay behind: ResNet weights exceed what comes back) + the tables and job logs

@@ -53,6 +53,8 @@ def test_cell_filter_runs_a_subset_of_the_grid(tmp_path):
     assert res["meta"]["cells_done"] == 1 and res["meta"]["cells_total"] == 2
     assert [r["seeds"] for r in res["rows"]] == [[1]]
     assert len(list((tmp_path / "cache" / "targets").iterdir())) == 1          # seed 0's target was never trained
+    assert CellFilter(labels=frozenset({0}))(table_cells(spec, prof, "digits-tiny")[0])
+    assert not CellFilter(labels=frozenset({3}))(table_cells(spec, prof, "digits-tiny")[0])
     with pytest.raises(ValueError, match="no cell of table 1 matches"):
         reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
                        only=CellFilter(archs=frozenset({"resnet18"})))

@@ -284,16 +284,20 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--seed", "seeds", type=int, multiple=True, help="run only the cells of this seed (repeatable)")
 @click.option("--blocks", "blocks", type=click.IntRange(1, 4), multiple=True,
               help="run only the cells with this many blocks (repeatable)")
+@click.option("--trigger-label", "labels", type=click.IntRange(0, None), multiple=True,
+              help="run only the cells of this trigger label (repeatable)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, cache_dir, data_dir):
+def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, cache_dir,
+              data_dir):
     """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json.
 
-    --arch/--seed/--blocks run (and render) a subset of the grid; merge the caches and render the whole table with
-    --cached-only."""
+    --arch/--seed/--blocks/--trigger-label run (and render) a subset of the grid; merge the caches and render the
+    whole table with --cached-only."""
     from dnnpiracy.experiments.reproduce import TABLES, CellFilter
     from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
-    only = CellFilter(archs=frozenset(archs), seeds=frozenset(seeds), blocks=frozenset(blocks))
+    only = CellFilter(archs=frozenset(archs), seeds=frozenset(seeds), blocks=frozenset(blocks),
+                      labels=frozenset(labels))
     for t in (TABLES if table == "all" else (table,)):
         try:
             res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,

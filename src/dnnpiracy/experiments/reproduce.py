@@ -422,10 +422,12 @@ class CellFilter:
     archs: frozenset[str] = frozenset()
     seeds: frozenset[int] = frozenset()
     blocks: frozenset[int] = frozenset()
+    labels: frozenset[int] = frozenset()
 
     def __call__(self, cell: Cell) -> bool:
         return ((not self.archs or cell.arch in self.archs) and (not self.seeds or cell.seed in self.seeds)
-                and (not self.blocks or cell.blocks in self.blocks))
+                and (not self.blocks or cell.blocks in self.blocks)
+                and (not self.labels or cell.trigger_label in self.labels))
 
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
