@@ -506,3 +506,34 @@ def test_a_detector_that_reads_no_heatmap_serves_without_the_backward_pass(tiny_
     bare = make_cam(target.model, arch_info("small-cnn"))(x[:3], heatmaps=False)
     with pytest.raises(KeyError, match="heatmap"):
         Evidence.from_probe(bare, x[:3]).need("heatmap")
+
+
+def test_window_stats_scorer_flags_a_flat_saturated_stamp_not_a_blend():
+    """Window statistics: a white disc stamped on a textured image leaves a window that is flat at the maximum, a
+    (mean, std) pair no reference window has, so it outscores every clean query; a faint blend of the same disc
+    leaves none and is not told apart.  The closed-form leave-one-out equals refitting without each sample, and
+    the score is a known value: the distance, in grid units / bins, to the nearest occupied grid cell."""
+    from dnnpiracy.attack.scorers import Scorer, WindowStatsScorer
+    from dnnpiracy.watermark import disc_mask
+    gen = torch.Generator().manual_seed(0)
+    textured = 0.2 + 0.6 * torch.rand(60, 1, 28, 28, generator=gen)          # never flat, never saturated
+    y = torch.arange(60) % 3
+    ref, queries = textured[:40], textured[40:].clone()
+    disc = disc_mask(28, 28, 14, 14, 3)
+    queries[0, 0][disc] = 1.0                                                 # stamped
+    queries[1, 0][disc] = 0.8 * queries[1, 0][disc] + 0.2                     # blended: still textured
+    sc = WindowStatsScorer(patch=5, bins=50).fit(Evidence(input=ref.flatten(1)), y[:40])
+    s = sc.score(Evidence(input=queries.flatten(1)), y[40:])
+    assert s[0] > 2 * s[2:].max() and s[1] <= s[2:].max() * 1.5
+    # known value: a window of exactly 1.0 falls in cell (bins, 0); its score is that cell's distance to the
+    # nearest occupied cell, brute force over the occupied cells
+    occupied = torch.nonzero(sc.counts).flatten()
+    coords = torch.stack([occupied // 51, occupied % 51], 1).float()
+    expected = torch.cdist(torch.tensor([[50.0, 0.0]]), coords).min() / 50
+    assert float(s[0]) == pytest.approx(float(expected), abs=1e-6)
+    ev = Evidence(input=textured[:12].flatten(1))
+    ev["input"][3, :200] = 1.0                                                # one sample owns unusual cells
+    fast, slow = sc.loo_scores(ev, y[:12], y[:12]), Scorer.loo_scores(sc, ev, y[:12], y[:12])
+    assert torch.allclose(fast, slow, atol=1e-6) and fast[3] > 0
+    with pytest.raises(ValueError, match="square"):
+        sc.score(Evidence(input=torch.rand(2, 30)), torch.zeros(2, dtype=torch.long))

@@ -111,7 +111,18 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     paper_cell.unlink()
     shutil.rmtree(tmp_path / "cache" / "targets")
     only = reproduce_spec(spec, prof, tmp_path / "partial", tmp_path / "cache", progress=False, log=lambda m: None,
-                          cached_only=True)
+                          cached_only=True, command="dnnpiracy first")
+    # rendering again from the cache keeps the first command and records its own beside it
+    again = reproduce_spec(spec, prof, tmp_path / "partial", tmp_path / "cache", progress=False, log=lambda m: None,
+                           cached_only=True, command="dnnpiracy render")
+    assert again["meta"]["command"] == "dnnpiracy first" and again["meta"]["rendered_by"] == "dnnpiracy render"
+    assert "Re-rendered from the cache by `dnnpiracy render`" in (tmp_path / "partial" / "table1.md").read_text()
+    # a render that would end with fewer cells than the table already written refuses and leaves it as it was
+    before = (tmp_path / "results" / "table1.json").read_text()
+    with pytest.raises(ValueError, match="holds 2 finished cells, but this invocation would end with 1"):
+        reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
+                       cached_only=True)
+    assert (tmp_path / "results" / "table1.json").read_text() == before
     assert {r["detector"] for r in only["rows"]} == {"knn-input"} and only["meta"]["cells_done"] == 1
     # the target was built elsewhere (no report here): its build time comes from what the cell recorded, the same
     # number its report had

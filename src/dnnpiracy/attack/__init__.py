@@ -26,10 +26,12 @@ from dnnpiracy.attack.scorers import (
                                        MahalanobisScorer,
                                        PatchKNNScorer,
                                        Scorer,
+                                       WindowStatsScorer,
 )
 
 __all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
            "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
            "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "DkNNScorer", "EnsembleScorer",
-           "Evidence", "HeatmapMassScorer", "KNNScorer", "MahalanobisScorer", "PatchKNNScorer", "Scorer"]
+           "Evidence", "HeatmapMassScorer", "KNNScorer", "MahalanobisScorer", "PatchKNNScorer", "Scorer",
+           "WindowStatsScorer"]

@@ -41,6 +41,7 @@ from dnnpiracy.attack.scorers import (
     MahalanobisScorer,
     PatchKNNScorer,
     Scorer,
+    WindowStatsScorer,
 )
 from dnnpiracy.attack.thresholds import calibrated_thresholds, exceed_probability, paper_thresholds, threshold_rank
 from dnnpiracy.config import DetectorConfig, GanConfig
@@ -104,6 +105,14 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
          ConfidentDkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
+    # round 10: the most unusual window's local statistics (WindowStatsScorer), alone and beside each default
+    "window-stats": lambda cfg: WindowStatsScorer(),
+    "ensemble-patch-dknn-window": lambda cfg: EnsembleScorer(
+        [PatchKNNScorer("input", patch=5), DkNNScorer((1, 2)), WindowStatsScorer()], "sum", cfg.calibration_folds,
+        cfg.seed),
+    "ensemble-mahalanobis-stages-input-knn-patch-window": lambda cfg: EnsembleScorer(
+        [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
+         WindowStatsScorer()], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-mahalanobis-stages-input-knn-patch-dknn": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
          DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),

@@ -402,6 +402,78 @@ class PatchKNNScorer(Scorer):
         return out
 
 
+class WindowStatsScorer(Scorer):
+    """Local statistics no natural image has.  Every ``patch`` x ``patch`` window of the query (stride 1) is
+    summarised by two numbers, its mean and its standard deviation; a window's score is the distance from that pair
+    to the nearest pair of any surrogate window (any class, any place), and the query's score is its most unusual
+    window.  The pairs live on a ``bins`` x ``bins`` grid (mean in [0, 1], 2 x std in [0, 1]), so fitting is one
+    distance transform and scoring one lookup per window.
+
+    What it sees: a stamped *solid* pattern (white blocks, a BadNets square) is flat at an intensity extreme, where
+    natural scans are not; no 5x5 window of the 10,000 Fashion-MNIST test images is fully saturated, and every
+    radius-3 disc holds one.  What it cannot see: a blended or noise-like trigger leaves no flat window.  It knows
+    the *kind* of watermark (a stamped solid patch), not its shape, place or colour; and it reads only the input,
+    so it costs no pass of the model."""
+
+    name = "window-stats"
+    evidence = "input"
+
+    def __init__(self, patch: int = 5, bins: int = 200):
+        if patch < 2 or bins < 2:
+            raise ValueError(f"patch and bins must be >= 2, got {patch}, {bins}")
+        self.patch, self.bins = patch, bins
+        self.counts = torch.zeros(0)        # ((bins+1)^2,) surrogate windows per grid cell
+        self.distance = torch.zeros(0)      # ((bins+1)^2,) distance from each cell to the nearest occupied one
+
+    def _cells(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, D) flat square one-channel images in [0, 1] -> (N, L) grid cell of each window's (mean, 2 std)."""
+        X = X.float()
+        side = math.isqrt(X.shape[1])
+        if side * side != X.shape[1] or side < self.patch:
+            raise ValueError(f"window scorer needs square images of side >= {self.patch}, got {X.shape[1]} values")
+        X = X.view(-1, 1, side, side)
+        mean = torch.nn.functional.avg_pool2d(X, self.patch, 1)
+        std = (torch.nn.functional.avg_pool2d(X * X, self.patch, 1) - mean * mean).clamp_min(0).sqrt()
+        i = (mean.flatten(1).clamp(0, 1) * self.bins).round().long()
+        j = (2 * std.flatten(1)).clamp(0, 1).mul(self.bins).round().long()
+        return i * (self.bins + 1) + j
+
+    def _coords(self, cells: torch.Tensor) -> torch.Tensor:
+        return torch.stack([cells // (self.bins + 1), cells % (self.bins + 1)], 1).float()
+
+    def _nearest(self, cells: torch.Tensor, occupied: torch.Tensor) -> torch.Tensor:
+        """Distance (in units of the unit square) from each of ``cells`` to the nearest of ``occupied``."""
+        if len(occupied) == 0:
+            return torch.full((len(cells),), math.inf)
+        ref = self._coords(occupied)
+        return torch.cat([torch.cdist(self._coords(part), ref).amin(1)
+                          for part in cells.split(4096)]) / self.bins if len(cells) else torch.zeros(0)
+
+    def fit(self, ev, y, y_pred=None):
+        cells = self._cells(ev.need(self.evidence)).flatten()
+        self.counts = torch.bincount(cells, minlength=(self.bins + 1) ** 2)
+        self.distance = self._nearest(torch.arange(len(self.counts)), torch.nonzero(self.counts).flatten())
+        return self
+
+    def score(self, ev, y):
+        return self.distance[self._cells(ev.need(self.evidence))].amax(1)
+
+    def loo_scores(self, ev, y_true, y_pred):
+        """Exact leave-one-out: a sample's windows lie in occupied cells, at distance 0, except in the cells only
+        it occupies; those are measured against the cells the other samples occupy."""
+        cells = self._cells(ev.need(self.evidence))
+        total = torch.bincount(cells.flatten(), minlength=(self.bins + 1) ** 2)
+        out = torch.zeros(len(cells))
+        for n, own in enumerate(cells):
+            uniq, count = torch.unique(own, return_counts=True)
+            private = uniq[total[uniq] == count]
+            if len(private):
+                others = total.clone()
+                others[private] = 0
+                out[n] = self._nearest(private, torch.nonzero(others).flatten()).max()
+        return out
+
+
 class DkNNScorer(Scorer):
     """Label disagreement among the nearest surrogate images, stage by stage (Deep k-Nearest Neighbors, Papernot &
     McDaniel 2018).  In each chosen stage of the target (its spatially pooled activations, standardised by the

@@ -28,7 +28,7 @@ from dnnpiracy.data import DataError, Dataset, Splits, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.evaluation.metrics import wilson_interval
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target, target_key
-from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.io import ArtifactError, atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
 from dnnpiracy.watermark import fresh_triggers_for
 
@@ -380,7 +380,8 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
               f"{meta['wall_seconds']:.0f} s. Compute of the finished cells, each target counted once whenever it "
               f"was built: {_compute(meta)}, on "
               f"{', '.join(meta.get('devices') or ['cpu'])}. "
-              f"Command `{meta['command']}`, commit {meta['git_commit']}."]
+              f"Command `{meta['command']}`, commit {meta['git_commit']}."
+              + (f" Re-rendered from the cache by `{meta['rendered_by']}`." if meta.get("rendered_by") else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -433,21 +434,27 @@ class CellFilter:
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
               command: str = "", cached_only: bool = False,
-              fpr_confidence: float | None = DetectorConfig.fpr_confidence, only: CellFilter = CellFilter()) -> dict:
+              fpr_confidence: float | None = DetectorConfig.fpr_confidence, only: CellFilter = CellFilter(),
+              overwrite: bool = False) -> dict:
     """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
     profile = replace(PROFILES[profile_name], fpr_confidence=fpr_confidence)
     return reproduce_spec(load_table(table), profile, out_dir, cache_dir, data_dir, max_cells,
-                          progress, log, command, cached_only, only)
+                          progress, log, command, cached_only, only, overwrite)
 
 
 def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results"), cache_dir: Path | None = None,
                    data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
-                   command: str = "", cached_only: bool = False, only: CellFilter = CellFilter()) -> dict:
+                   command: str = "", cached_only: bool = False, only: CellFilter = CellFilter(),
+                   overwrite: bool = False) -> dict:
     """Run (or resume) the table's cells in order and render it; ``cached_only`` renders the finished cells alone
     (e.g. cells computed on another machine and merged into the cache) and computes nothing; ``only`` restricts
-    both to a subset of the grid."""
+    both to a subset of the grid.
+
+    An existing ``table<N>.json`` in ``out_dir`` that holds more finished cells than this invocation will end with
+    (an empty or partial cache, a subset) is not overwritten unless ``overwrite``: a ValueError names both counts.
+    A ``cached_only`` render keeps the command that computed the cells and records its own beside it."""
     table = spec["id"]
     t0 = time.perf_counter()
     ds = resolve_dataset(spec["dataset"], data_dir)
@@ -461,6 +468,16 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     todo = selected if max_cells is None else selected[:max_cells]
     if cached_only:
         todo = [c for c in todo if (cache_dir / "cells" / f"{c.key()}.json").exists()]
+    previous = existing_table_meta(out_dir / f"table{table}.json")
+    if previous is not None and not overwrite and previous.get("cells_done", 0) > len(todo):
+        raise ValueError(
+            f"{out_dir / f'table{table}.json'} holds {previous['cells_done']} finished cells, but this invocation "
+            f"would end with {len(todo)} (cache {cache_dir}"
+            f"{', --cached-only' if cached_only else ''}{'' if only == CellFilter() else ', a subset of the grid'}): "
+            "writing it would lose rows.  Render elsewhere (--out) or pass --overwrite")
+    command_meta = {"command": command}
+    if cached_only and previous is not None and previous.get("command"):
+        command_meta = {"command": previous["command"], "rendered_by": command}
 
     def write_tables() -> tuple[list[dict], dict]:
         """Aggregate every finished cell so far (called after each cell: a killed run leaves a valid table)."""
@@ -470,7 +487,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
                 "compute_seconds": compute_seconds(done_cells, outs, ds, cache_dir),
                 "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
-                "command": command, "git_commit": git_commit(), "bar": bar_summary(rows, default_detector(ds.name))}
+                **command_meta, "git_commit": git_commit(), "bar": bar_summary(rows, default_detector(ds.name))}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
         atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
@@ -490,6 +507,15 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     rows, meta = write_tables()
     write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir, train_missing=not cached_only)
     return {"rows": rows, "meta": meta}
+
+
+def existing_table_meta(path: Path) -> dict | None:
+    """The ``meta`` of a table already written at ``path`` (None when there is none, or it cannot be read: a corrupt
+    file holds nothing to lose)."""
+    try:
+        return read_json(path).get("meta") if path.exists() else None
+    except (ArtifactError, AttributeError):
+        return None
 
 
 def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], outs: list[dict], rows: list[dict],
