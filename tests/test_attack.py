@@ -292,9 +292,9 @@ def test_traffic_fit_grows_the_reference_set_from_unlabelled_traffic():
 
 def test_default_detector_is_chosen_per_dataset():
     from dnnpiracy.attack import DEFAULT_DETECTOR, default_detector, resolve_spec
-    assert default_detector("fashion-mnist") == "ensemble-patch-dknn"
+    assert default_detector("fashion-mnist") == "ensemble-patch-dknn-window"
     assert default_detector("mnist-10k") == default_detector("mnist") == default_detector(None) == DEFAULT_DETECTOR
-    assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-patch-dknn"
+    assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-patch-dknn-window"
     assert resolve_spec("default").scorer == DEFAULT_DETECTOR
 
 
@@ -491,7 +491,7 @@ def test_a_detector_that_reads_no_heatmap_serves_without_the_backward_pass(tiny_
     ds, splits, target = tiny_target
     sur = splits.surrogate_idx
     x = ds.test_x[splits.evaluation_idx[:40]]
-    for name, reads in (("ensemble-patch-dknn", False), ("knn-heatmap", True),
+    for name, reads in (("ensemble-patch-dknn-window", False), ("knn-heatmap", True),
                         ("ensemble-heatmap-features-input", True), ("knn-heatmap-cn", True)):
         det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
                            DetectorConfig(detector=name), tau=0.65)

@@ -19,8 +19,8 @@ def test_tables_declare_the_paper_grid():
                                            "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin"} | previous
     fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
     assert len(fashion) == 10 * 3 * 5
-    assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn", "patch-input-p5", "ensemble-stages-input",
-                                             "ensemble-patch-dknn-margin"}
+    assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn-window", "ensemble-patch-dknn",
+                                             "patch-input-p5", "ensemble-patch-dknn-margin"}
     # "default" and the name it stands for are one design, run once
     assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch"]),
                            PROFILES["cpu"], "mnist-10k")) == 10 * 3
@@ -55,6 +55,10 @@ def test_cell_filter_runs_a_subset_of_the_grid(tmp_path):
     assert len(list((tmp_path / "cache" / "targets").iterdir())) == 1          # seed 0's target was never trained
     assert CellFilter(labels=frozenset({0}))(table_cells(spec, prof, "digits-tiny")[0])
     assert not CellFilter(labels=frozenset({3}))(table_cells(spec, prof, "digits-tiny")[0])
+    assert CellFilter(detectors=frozenset({"knn-input"}))(table_cells(spec, prof, "digits-tiny")[0])
+    assert not CellFilter(detectors=frozenset({"default"}))(table_cells(spec, prof, "digits-tiny")[0])
+    default_cell = table_cells({**spec, "detectors": ["default"]}, prof, "digits-tiny")[0]
+    assert CellFilter(detectors=frozenset({"default"}))(default_cell)   # "default" names the dataset's default
     with pytest.raises(ValueError, match="no cell of table 1 matches"):
         reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
                        only=CellFilter(archs=frozenset({"resnet18"})))

@@ -286,20 +286,22 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
               help="run only the cells with this many blocks (repeatable)")
 @click.option("--trigger-label", "labels", type=click.IntRange(0, None), multiple=True,
               help="run only the cells of this trigger label (repeatable)")
+@click.option("--detector", "detectors", multiple=True,
+              help="run only the cells of this detector column (repeatable; 'default' = the dataset's default)")
 @click.option("--overwrite", is_flag=True, help="write OUT/tableN.* even when they hold more finished cells than this "
               "invocation will (an empty or partial cache, a subset of the grid)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, overwrite,
-              cache_dir, data_dir):
+def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, detectors,
+              overwrite, cache_dir, data_dir):
     """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json.
 
-    --arch/--seed/--blocks/--trigger-label run (and render) a subset of the grid; merge the caches and render the
-    whole table with --cached-only."""
+    --arch/--seed/--blocks/--trigger-label/--detector run (and render) a subset of the grid; merge the caches and
+    render the whole table with --cached-only."""
     from dnnpiracy.experiments.reproduce import TABLES, CellFilter
     from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
     only = CellFilter(archs=frozenset(archs), seeds=frozenset(seeds), blocks=frozenset(blocks),
-                      labels=frozenset(labels))
+                      labels=frozenset(labels), detectors=frozenset(detectors))
     for t in (TABLES if table == "all" else (table,)):
         try:
             res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,

@@ -406,8 +406,8 @@ class WindowStatsScorer(Scorer):
     """Local statistics no natural image has.  Every ``patch`` x ``patch`` window of the query (stride 1) is
     summarised by two numbers, its mean and its standard deviation; a window's score is the distance from that pair
     to the nearest pair of any surrogate window (any class, any place), and the query's score is its most unusual
-    window.  The pairs live on a ``bins`` x ``bins`` grid (mean in [0, 1], 2 x std in [0, 1]), so fitting is one
-    distance transform and scoring one lookup per window.
+    window.  The pairs live on a ``bins`` x ``bins`` grid (mean in [0, 1], 2 x std in [0, 1]): fitting counts
+    the surrogate windows per cell, and scoring measures each distinct empty cell a batch reaches once.
 
     What it sees: a stamped *solid* pattern (white blocks, a BadNets square) is flat at an intensity extreme, where
     natural scans are not; no 5x5 window of the 10,000 Fashion-MNIST test images is fully saturated, and every
@@ -422,8 +422,7 @@ class WindowStatsScorer(Scorer):
         if patch < 2 or bins < 2:
             raise ValueError(f"patch and bins must be >= 2, got {patch}, {bins}")
         self.patch, self.bins = patch, bins
-        self.counts = torch.zeros(0)        # ((bins+1)^2,) surrogate windows per grid cell
-        self.distance = torch.zeros(0)      # ((bins+1)^2,) distance from each cell to the nearest occupied one
+        self.counts = torch.zeros(0, dtype=torch.long)   # ((bins+1)^2,) surrogate windows per grid cell
 
     def _cells(self, X: torch.Tensor) -> torch.Tensor:
         """(N, D) flat square one-channel images in [0, 1] -> (N, L) grid cell of each window's (mean, 2 std)."""
@@ -450,13 +449,16 @@ class WindowStatsScorer(Scorer):
                           for part in cells.split(4096)]) / self.bins if len(cells) else torch.zeros(0)
 
     def fit(self, ev, y, y_pred=None):
-        cells = self._cells(ev.need(self.evidence)).flatten()
-        self.counts = torch.bincount(cells, minlength=(self.bins + 1) ** 2)
-        self.distance = self._nearest(torch.arange(len(self.counts)), torch.nonzero(self.counts).flatten())
+        self.counts = torch.bincount(self._cells(ev.need(self.evidence)).flatten(), minlength=(self.bins + 1) ** 2)
         return self
 
     def score(self, ev, y):
-        return self.distance[self._cells(ev.need(self.evidence))].amax(1)
+        """Each distinct cell the batch's windows fall in is measured once: 0 when a surrogate window shares it."""
+        cells, where = torch.unique(self._cells(ev.need(self.evidence)), return_inverse=True)
+        dist = torch.zeros(len(cells))
+        empty = self.counts[cells] == 0
+        dist[empty] = self._nearest(cells[empty], torch.nonzero(self.counts).flatten())
+        return dist[where].amax(1)
 
     def loo_scores(self, ev, y_true, y_pred):
         """Exact leave-one-out: a sample's windows lie in occupied cells, at distance 0, except in the cells only

@@ -424,11 +424,14 @@ class CellFilter:
     seeds: frozenset[int] = frozenset()
     blocks: frozenset[int] = frozenset()
     labels: frozenset[int] = frozenset()
+    detectors: frozenset[str] = frozenset()   # design names, or "default" (the cell's dataset's default)
 
     def __call__(self, cell: Cell) -> bool:
         return ((not self.archs or cell.arch in self.archs) and (not self.seeds or cell.seed in self.seeds)
                 and (not self.blocks or cell.blocks in self.blocks)
-                and (not self.labels or cell.trigger_label in self.labels))
+                and (not self.labels or cell.trigger_label in self.labels)
+                and (not self.detectors or cell.detector in {default_detector(cell.dataset) if d == "default" else d
+                                                             for d in self.detectors}))
 
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
