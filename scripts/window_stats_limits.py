@@ -7,6 +7,9 @@ paper's 500 images, split seeds 100..) it is fitted on the surrogate set, thresh
 rule (target FPR 0.01, 90 % confidence, leave-one-out scores), and measured on the rest of the test set (FPR) and on
 500 of those images with each kind of stamp (detection rate = 1 - FNR). Four stamps per image, at random places,
 as the owner's trigger. The default detector adds the patch and Deep-kNN terms, which this does not measure.
+The figure (``<out>.png``) draws the plane the term works in, for the first draw: how many surrogate windows have
+each (mean, std) pair, and the windows of clean and stamped evaluation images far enough from all of them to flag
+their image.
 
     python scripts/window_stats_limits.py --draws 8 --out results/window_stats_limits
 """
@@ -24,8 +27,9 @@ from dnnpiracy.attack import WindowStatsScorer
 from dnnpiracy.attack.scorers import Evidence
 from dnnpiracy.attack.thresholds import conformal_threshold
 from dnnpiracy.data import load_dataset, make_splits
+from dnnpiracy.evaluation.plots import window_plane_figure
 from dnnpiracy.experiments.reproduce import PROFILES
-from dnnpiracy.io import atomic_write_text, git_commit, write_json
+from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, write_json
 from dnnpiracy.watermark import disc_mask
 
 
@@ -59,6 +63,14 @@ KINDS = ["white disc (the owner's trigger)", "grey disc (0.6)", "white disc blen
          "white disc, radius 1", "white square 4x4 (BadNets-like)"]
 
 
+def flagging_windows(scorer: WindowStatsScorer, x: torch.Tensor, thr: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(means, stds) of the windows of ``x`` whose distance exceeds the threshold: the windows that flag an image."""
+    flat = x.flatten(1)
+    mean, std = scorer.window_stats(flat)
+    far = scorer.window_distances(flat) > thr
+    return mean[far], std[far]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="fashion-mnist,mnist-10k")
@@ -66,7 +78,7 @@ def main() -> None:
     ap.add_argument("--out", default="results/window_stats_limits")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = []
+    rows, panels = [], []
     for name in args.datasets.split(","):
         ds = load_dataset(name)
         fraction = PROFILES["cpu"].surrogate_fraction(name)
@@ -82,10 +94,15 @@ def main() -> None:
             fprs.append(float((scorer.score(Evidence(input=xe.flatten(1)), ys[:0]) > thr).float().mean()))
             gen = torch.Generator().manual_seed(split_seed)
             pick = sp.evaluation_idx[torch.randperm(len(sp.evaluation_idx), generator=gen)[:500]]
-            for kind in KINDS:
-                xt = stamp(ds.test_x[pick], kind, gen)
+            stamped = {kind: stamp(ds.test_x[pick], kind, gen) for kind in KINDS}
+            for kind, xt in stamped.items():
                 per_kind[kind].append(float((scorer.score(Evidence(input=xt.flatten(1)), ys[:0]) > thr)
                                             .float().mean()))
+            if split_seed == 100:
+                shown = {"clean evaluation images": xe, KINDS[0]: stamped[KINDS[0]], KINDS[1]: stamped[KINDS[1]]}
+                panels.append({"name": f"{name}: windows beyond the threshold (draw 100)",
+                               "counts": scorer.counts.view(scorer.bins + 1, scorer.bins + 1),
+                               "markers": {k: flagging_windows(scorer, x, thr) for k, x in shown.items()}})
         for kind, rates in per_kind.items():
             rows.append({"dataset": name, "stamp": kind, "draws": args.draws, "fpr_mean": sum(fprs) / len(fprs),
                          "fpr_max": max(fprs), "detection_mean": sum(rates) / len(rates),
@@ -106,8 +123,12 @@ def main() -> None:
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['stamp']} | {r['fpr_mean']:.4f} | {r['fpr_max']:.4f} | "
               f"{r['detection_mean']:.3f} | {r['detection_min']:.3f} |" for r in rows]
-    lines += ["", f"Command `{meta['command']}`, commit {meta['git_commit']}, wall {meta['wall_seconds']:.0f} s."]
+    lines += ["", f"Figure: `{out.with_suffix('.png').name}`.", "",
+              f"Command `{meta['command']}`, commit {meta['git_commit']}, wall {meta['wall_seconds']:.0f} s."]
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    atomic_write_bytes(out.with_suffix(".png"), window_plane_figure(
+        panels, "The window term's plane: surrogate windows per (mean, std) cell (grey, log scale) and the windows "
+                "of evaluation images, clean or stamped, that flag their image"))
     print(f"wrote {out.with_suffix('.md')}")
 
 

@@ -424,8 +424,8 @@ class WindowStatsScorer(Scorer):
         self.patch, self.bins = patch, bins
         self.counts = torch.zeros(0, dtype=torch.long)   # ((bins+1)^2,) surrogate windows per grid cell
 
-    def _cells(self, X: torch.Tensor) -> torch.Tensor:
-        """(N, D) flat square one-channel images in [0, 1] -> (N, L) grid cell of each window's (mean, 2 std)."""
+    def window_stats(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) flat square one-channel images -> the (N, L) mean and standard deviation of every window."""
         X = X.float()
         side = math.isqrt(X.shape[1])
         if side * side != X.shape[1] or side < self.patch:
@@ -433,8 +433,13 @@ class WindowStatsScorer(Scorer):
         X = X.view(-1, 1, side, side)
         mean = torch.nn.functional.avg_pool2d(X, self.patch, 1)
         std = (torch.nn.functional.avg_pool2d(X * X, self.patch, 1) - mean * mean).clamp_min(0).sqrt()
-        i = (mean.flatten(1).clamp(0, 1) * self.bins).round().long()
-        j = (2 * std.flatten(1)).clamp(0, 1).mul(self.bins).round().long()
+        return mean.flatten(1), std.flatten(1)
+
+    def grid_cells(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, D) flat square one-channel images in [0, 1] -> (N, L) grid cell of each window's (mean, 2 std)."""
+        mean, std = self.window_stats(X)
+        i = (mean.clamp(0, 1) * self.bins).round().long()
+        j = (2 * std).clamp(0, 1).mul(self.bins).round().long()
         return i * (self.bins + 1) + j
 
     def _coords(self, cells: torch.Tensor) -> torch.Tensor:
@@ -449,21 +454,26 @@ class WindowStatsScorer(Scorer):
                           for part in cells.split(4096)]) / self.bins if len(cells) else torch.zeros(0)
 
     def fit(self, ev, y, y_pred=None):
-        self.counts = torch.bincount(self._cells(ev.need(self.evidence)).flatten(), minlength=(self.bins + 1) ** 2)
+        cells = self.grid_cells(ev.need(self.evidence)).flatten()
+        self.counts = torch.bincount(cells, minlength=(self.bins + 1) ** 2)
         return self
 
-    def score(self, ev, y):
-        """Each distinct cell the batch's windows fall in is measured once: 0 when a surrogate window shares it."""
-        cells, where = torch.unique(self._cells(ev.need(self.evidence)), return_inverse=True)
+    def window_distances(self, X: torch.Tensor) -> torch.Tensor:
+        """(N, D) images -> (N, L) each window's distance to the nearest surrogate window's cell.  Each distinct cell
+        the batch reaches is measured once: 0 when a surrogate window shares it."""
+        cells, where = torch.unique(self.grid_cells(X), return_inverse=True)
         dist = torch.zeros(len(cells))
         empty = self.counts[cells] == 0
         dist[empty] = self._nearest(cells[empty], torch.nonzero(self.counts).flatten())
-        return dist[where].amax(1)
+        return dist[where]
+
+    def score(self, ev, y):
+        return self.window_distances(ev.need(self.evidence)).amax(1)
 
     def loo_scores(self, ev, y_true, y_pred):
         """Exact leave-one-out: a sample's windows lie in occupied cells, at distance 0, except in the cells only
         it occupies; those are measured against the cells the other samples occupy."""
-        cells = self._cells(ev.need(self.evidence))
+        cells = self.grid_cells(ev.need(self.evidence))
         total = torch.bincount(cells.flatten(), minlength=(self.bins + 1) ** 2)
         out = torch.zeros(len(cells))
         for n, own in enumerate(cells):

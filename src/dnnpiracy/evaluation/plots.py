@@ -199,3 +199,25 @@ def heatmap_gallery(clean_x, clean_y, clean_maps, clean_pred, trig_x, trig_src, 
 
 
 __all__ = ["roc_points", "threshold_sweep_figure", "roc_figure", "heatmap_gallery"]
+
+
+def window_plane_figure(panels: list[dict], title: str) -> bytes:
+    """The window term's plane, one panel per dataset: how many surrogate windows have each (mean, std) pair (log
+    scale; the empty cells are what the term flags), with markers for the unusual windows of stamped images.
+    ``panels``: dicts with ``name``, ``counts`` ((bins+1, bins+1) tensor over mean x 2 std) and ``markers``
+    (label -> (means, stds))."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        counts = panel["counts"].double()
+        ax.imshow(torch.log10(counts.T + 1).numpy(), origin="lower", extent=(0, 1, 0, 0.5), aspect="auto",
+                  cmap="Greys")
+        colours = ("tab:red", "tab:blue", "tab:green", "tab:orange")
+        for (label, (m, s)), colour in zip(panel["markers"].items(), colours):
+            ax.scatter(m.numpy(), s.numpy(), s=6, alpha=0.5, color=colour, label=label)
+        ax.set_xlabel("window mean")
+        ax.set_ylabel("window standard deviation")
+        ax.set_title(panel["name"], fontsize=10)
+        ax.legend(fontsize=7, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    return _png(fig)
