@@ -537,3 +537,15 @@ def test_window_stats_scorer_flags_a_flat_saturated_stamp_not_a_blend():
     assert torch.allclose(fast, slow, atol=1e-6) and fast[3] > 0
     with pytest.raises(ValueError, match="square"):
         sc.score(Evidence(input=torch.rand(2, 30)), torch.zeros(2, dtype=torch.long))
+
+
+def test_window_stats_scorer_refuses_what_it_cannot_read():
+    """Integer pixels, values outside [0, 1] and NaN are refused by name; so is scoring before fitting."""
+    from dnnpiracy.attack.scorers import WindowStatsScorer
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        WindowStatsScorer().score(Evidence(input=torch.rand(2, 784)), y)
+    for bad, what in ((torch.randint(0, 255, (2, 784)), "dtype"), (torch.rand(2, 784) * 255, r"\[0, 1\]"),
+                      (torch.full((2, 784), float("nan")), r"\[0, 1\]")):
+        with pytest.raises(ValueError, match=what):
+            WindowStatsScorer().fit(Evidence(input=bad), y)

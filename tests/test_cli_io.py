@@ -101,6 +101,8 @@ def test_out_of_range_options_are_clear_errors():
     assert res.exit_code == 2 and "trigger-label" in res.output
     res = r.invoke(main, ["run", "--detector", "nope", "--quick", "--dataset", "digits-tiny"])
     assert res.exit_code == 2 and "unknown detector" in res.output
+    res = r.invoke(main, ["reproduce", "--table", "2", "--detector", "nope", "--cached-only"])
+    assert res.exit_code == 2 and "unknown detector" in res.output and "--detector" in res.output
 
 
 def test_watermark_and_verify_commands(tmp_path):

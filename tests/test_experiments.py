@@ -43,7 +43,7 @@ def test_a_cells_key_names_only_what_its_detector_uses():
     assert replace(paper, fpr_confidence=None).key() == paper.key()              # the paper rule calibrates nothing
 
 
-def test_cell_filter_runs_a_subset_of_the_grid(tmp_path):
+def test_cell_filter_runs_a_subset_of_the_grid(tmp_path, monkeypatch):
     from dnnpiracy.experiments.reproduce import CellFilter
     spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0], "archs": ["small-cnn"],
             "blocks": [4], "taus": [2.0], "detectors": ["knn-input"], "seeds": [0, 1], "target_fprs": [0.1]}
@@ -59,6 +59,26 @@ def test_cell_filter_runs_a_subset_of_the_grid(tmp_path):
     assert not CellFilter(detectors=frozenset({"default"}))(table_cells(spec, prof, "digits-tiny")[0])
     default_cell = table_cells({**spec, "detectors": ["default"]}, prof, "digits-tiny")[0]
     assert CellFilter(detectors=frozenset({"default"}))(default_cell)   # "default" names the dataset's default
+    # another subset of the same size cannot replace the table; a computing run that will end with everything the
+    # table holds writes into it only once it does (a run killed before that leaves it as it was)
+    with pytest.raises(ValueError, match="without 1 of them"):
+        reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
+                       only=CellFilter(seeds=frozenset({0})))
+    assert len(list((tmp_path / "cache" / "targets").iterdir())) == 1
+    from dnnpiracy.experiments import reproduce as rep
+    real_run_cell, before = rep.run_cell, (tmp_path / "results" / "table1.json").read_text()
+
+    def killed_after_seed_0(cell, *a, **k):
+        if cell.seed == 1:
+            raise KeyboardInterrupt
+        return real_run_cell(cell, *a, **k)
+    monkeypatch.setattr(rep, "run_cell", killed_after_seed_0)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
+    assert (tmp_path / "results" / "table1.json").read_text() == before     # seed 0 done, the table untouched
+    monkeypatch.setattr(rep, "run_cell", real_run_cell)
+    both = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
+    assert both["meta"]["cells_done"] == 2 and len(both["meta"]["cell_keys"]) == 2
     with pytest.raises(ValueError, match="no cell of table 1 matches"):
         reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
                        only=CellFilter(archs=frozenset({"resnet18"})))
@@ -123,10 +143,15 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     assert "Re-rendered from the cache by `dnnpiracy render`" in (tmp_path / "partial" / "table1.md").read_text()
     # a render that would end with fewer cells than the table already written refuses and leaves it as it was
     before = (tmp_path / "results" / "table1.json").read_text()
-    with pytest.raises(ValueError, match="holds 2 finished cells, but this invocation would end with 1"):
+    with pytest.raises(ValueError, match="holds 2 finished cells; this invocation would end with 1, without 1"):
         reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None,
                        cached_only=True)
     assert (tmp_path / "results" / "table1.json").read_text() == before
+    # --overwrite writes it anyway, and the command is then this render's own
+    forced = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False,
+                            log=lambda m: None, cached_only=True, overwrite=True, command="dnnpiracy forced")
+    assert forced["meta"]["cells_done"] == 1 and forced["meta"]["command"] == "dnnpiracy forced"
+    assert "rendered_by" not in forced["meta"]
     assert {r["detector"] for r in only["rows"]} == {"knn-input"} and only["meta"]["cells_done"] == 1
     # the target was built elsewhere (no report here): its build time comes from what the cell recorded, the same
     # number its report had

@@ -298,8 +298,14 @@ def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs
 
     --arch/--seed/--blocks/--trigger-label/--detector run (and render) a subset of the grid; merge the caches and
     render the whole table with --cached-only."""
+    from dnnpiracy.attack import resolve_spec
     from dnnpiracy.experiments.reproduce import TABLES, CellFilter
     from dnnpiracy.experiments.reproduce import reproduce as reproduce_fn
+    for name in detectors:
+        try:
+            resolve_spec(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--detector") from exc
     only = CellFilter(archs=frozenset(archs), seeds=frozenset(seeds), blocks=frozenset(blocks),
                       labels=frozenset(labels), detectors=frozenset(detectors))
     for t in (TABLES if table == "all" else (table,)):

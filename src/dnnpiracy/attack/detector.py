@@ -2,15 +2,17 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-8),
+``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-10),
 chosen per dataset on that dataset's development target (``default_detector``):
 
 - mnist-10k / MNIST: ``ensemble-mahalanobis-stages-input-knn-patch``, the sum of four scores, each standardised by
   its out-of-fold surrogate scores: the Mahalanobis distance of all pooled stage activations, the Mahalanobis
   distance of the raw input, its nearest-neighbour distance, and its most unusual patch (``PatchKNNScorer``).
-- Fashion-MNIST: ``ensemble-patch-dknn``, the most unusual 5x5 patch (``PatchKNNScorer``) plus the Deep-kNN label
-  disagreement in layer2-3 (``DkNNScorer``: how many of the 25 nearest surrogate images carry another label than
-  the predicted one), each standardised (round 8; the patch score alone was the default in rounds 6-7).
+- Fashion-MNIST: ``ensemble-patch-dknn-window``, the most unusual 5x5 patch (``PatchKNNScorer``) plus the Deep-kNN
+  label disagreement in layer2-3 (``DkNNScorer``: how many of the 25 nearest surrogate images carry another label
+  than the predicted one) plus the window whose (mean, std) no surrogate window has (``WindowStatsScorer``), each
+  standardised (round 10; without the window term, ``ensemble-patch-dknn``, in rounds 8-9; the patch score alone
+  in rounds 6-7).
 
 Both are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 % confidence over
 the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  The earlier defaults

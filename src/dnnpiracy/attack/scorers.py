@@ -413,7 +413,11 @@ class WindowStatsScorer(Scorer):
     natural scans are not; no 5x5 window of the 10,000 Fashion-MNIST test images is fully saturated, and every
     radius-3 disc holds one.  What it cannot see: a blended or noise-like trigger leaves no flat window.  It knows
     the *kind* of watermark (a stamped solid patch), not its shape, place or colour; and it reads only the input,
-    so it costs no pass of the model."""
+    so it costs no pass of the model.
+
+    Inside :class:`EnsembleScorer` its out-of-fold scores are mostly 0 or one grid step (1 / ``bins``), so its
+    interquartile range, and with it the term's weight in the sum, is set by ``bins``: a flat white disc scores
+    some 40 standardised units and decides the sum alone; a query without one is left to the other terms."""
 
     name = "window-stats"
     evidence = "input"
@@ -426,10 +430,15 @@ class WindowStatsScorer(Scorer):
 
     def window_stats(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) flat square one-channel images -> the (N, L) mean and standard deviation of every window."""
+        if not X.is_floating_point():
+            raise ValueError(f"window scorer needs float images in [0, 1], got dtype {X.dtype}")
         X = X.float()
         side = math.isqrt(X.shape[1])
         if side * side != X.shape[1] or side < self.patch:
             raise ValueError(f"window scorer needs square images of side >= {self.patch}, got {X.shape[1]} values")
+        if len(X) and not (X.min() >= 0 and X.max() <= 1):     # NaN fails too
+            raise ValueError(f"window scorer needs images in [0, 1], got values in [{float(X.min()):g}, "
+                             f"{float(X.max()):g}]")
         X = X.view(-1, 1, side, side)
         mean = torch.nn.functional.avg_pool2d(X, self.patch, 1)
         std = (torch.nn.functional.avg_pool2d(X * X, self.patch, 1) - mean * mean).clamp_min(0).sqrt()
@@ -461,6 +470,8 @@ class WindowStatsScorer(Scorer):
     def window_distances(self, X: torch.Tensor) -> torch.Tensor:
         """(N, D) images -> (N, L) each window's distance to the nearest surrogate window's cell.  Each distinct cell
         the batch reaches is measured once: 0 when a surrogate window shares it."""
+        if len(self.counts) != (self.bins + 1) ** 2:
+            raise RuntimeError("window scorer is not fitted: call fit on the surrogate set first")
         cells, where = torch.unique(self.grid_cells(X), return_inverse=True)
         dist = torch.zeros(len(cells))
         empty = self.counts[cells] == 0

@@ -15,6 +15,7 @@ import math
 import statistics
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -381,7 +382,8 @@ def table_markdown(spec: dict, profile: Profile, rows: list[dict], meta: dict) -
               f"was built: {_compute(meta)}, on "
               f"{', '.join(meta.get('devices') or ['cpu'])}. "
               f"Command `{meta['command']}`, commit {meta['git_commit']}."
-              + (f" Re-rendered from the cache by `{meta['rendered_by']}`." if meta.get("rendered_by") else "")]
+              + (f" Re-rendered from the cache by `{meta['rendered_by']}` at commit {meta.get('rendered_commit')}."
+                 if meta.get("rendered_by") else "")]
     return "\n".join(lines) + "\n"
 
 
@@ -455,9 +457,11 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     (e.g. cells computed on another machine and merged into the cache) and computes nothing; ``only`` restricts
     both to a subset of the grid.
 
-    An existing ``table<N>.json`` in ``out_dir`` that holds more finished cells than this invocation will end with
-    (an empty or partial cache, a subset) is not overwritten unless ``overwrite``: a ValueError names both counts.
-    A ``cached_only`` render keeps the command that computed the cells and records its own beside it."""
+    An existing ``table<N>.json`` in ``out_dir`` that holds a cell this invocation will not end with (an empty or
+    partial cache, another subset, another profile) is not overwritten unless ``overwrite``: a ValueError names the
+    counts.  A computing run writes into ``out_dir`` only once it holds every cell the table there held, so a run
+    killed before that leaves the table as it was.  A ``cached_only`` render of the same cells keeps the command and
+    commit that computed them and records its own beside them."""
     table = spec["id"]
     t0 = time.perf_counter()
     ds = resolve_dataset(spec["dataset"], data_dir)
@@ -472,25 +476,32 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     if cached_only:
         todo = [c for c in todo if (cache_dir / "cells" / f"{c.key()}.json").exists()]
     previous = existing_table_meta(out_dir / f"table{table}.json")
-    if previous is not None and not overwrite and previous.get("cells_done", 0) > len(todo):
+    final_keys = {c.key() for c in todo}
+    holds_previous, lost = guard_existing(previous, final_keys)
+    if lost and not overwrite:
         raise ValueError(
-            f"{out_dir / f'table{table}.json'} holds {previous['cells_done']} finished cells, but this invocation "
-            f"would end with {len(todo)} (cache {cache_dir}"
+            f"{out_dir / f'table{table}.json'} holds {previous['cells_done']} finished cells; this invocation would "
+            f"end with {len(todo)}, without {lost} of them (cache {cache_dir}"
             f"{', --cached-only' if cached_only else ''}{'' if only == CellFilter() else ', a subset of the grid'}): "
             "writing it would lose rows.  Render elsewhere (--out) or pass --overwrite")
-    command_meta = {"command": command}
-    if cached_only and previous is not None and previous.get("command"):
-        command_meta = {"command": previous["command"], "rendered_by": command}
+    command_meta = {"command": command, "git_commit": git_commit()}
+    same_cells = previous is not None and (set(previous["cell_keys"]) == final_keys if "cell_keys" in previous
+                                           else previous.get("cells_done") == len(final_keys))
+    if cached_only and not overwrite and same_cells and previous.get("command"):
+        # a pure re-render of the same cells: the command and commit that computed them stay
+        command_meta = {"command": previous["command"], "git_commit": previous.get("git_commit"),
+                        "rendered_by": command, "rendered_commit": git_commit()}
 
     def write_tables() -> tuple[list[dict], dict]:
         """Aggregate every finished cell so far (called after each cell: a killed run leaves a valid table)."""
         rows = aggregate(spec, profile, done_cells, outs)
         meta = {"dataset_note": ds.note, "cells_done": len(outs), "cells_total": len(cells),
+                "cell_keys": [c.key() for c in done_cells],
                 "surrogate_fraction": profile.surrogate_fraction(ds.name), "surrogate_size": surrogate_size,
                 "wall_seconds": time.perf_counter() - t0, "cell_seconds": sum(o["seconds"] for o in outs),
                 "compute_seconds": compute_seconds(done_cells, outs, ds, cache_dir),
                 "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
-                **command_meta, "git_commit": git_commit(), "bar": bar_summary(rows, default_detector(ds.name))}
+                **command_meta, "bar": bar_summary(rows, default_detector(ds.name))}
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
         atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
@@ -506,10 +517,24 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
             out = run_cell(cell, spec, ds, cache_dir, False, cell_log)
         done_cells.append(cell)
         outs.append(out)
-        write_tables()
+        if holds_previous({c.key() for c in done_cells}):   # until then the table in out_dir holds more: leave it
+            write_tables()
     rows, meta = write_tables()
     write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir, train_missing=not cached_only)
     return {"rows": rows, "meta": meta}
+
+
+def guard_existing(previous: dict | None, final_keys: set[str]) -> tuple[Callable[[set[str]], bool], int]:
+    """For a table already written (``previous``, its meta) and a run that ends with the cells ``final_keys``:
+    (whether a set of finished cells holds everything the table holds, how many of its cells the run would drop).
+    A table written before the keys were recorded is judged by its count of cells."""
+    if previous is None:
+        return (lambda done: True), 0
+    if "cell_keys" in previous:
+        held = set(previous["cell_keys"])
+        return (lambda done: held <= done), len(held - final_keys)
+    n = int(previous.get("cells_done", 0))
+    return (lambda done: len(done) >= n), max(0, n - len(final_keys))
 
 
 def existing_table_meta(path: Path) -> dict | None:
