@@ -407,7 +407,7 @@ class WindowStatsScorer(Scorer):
     summarised by two numbers, its mean and its standard deviation; a window's score is the distance from that pair
     to the nearest pair of any surrogate window (any class, any place), and the query's score is its most unusual
     window.  The pairs live on a ``bins`` x ``bins`` grid (mean in [0, 1], 2 x std in [0, 1]): fitting counts
-    the surrogate windows per cell, and scoring measures each distinct empty cell a batch reaches once.
+    the surrogate windows per cell, and scoring measures each empty cell the first time a query reaches it.
 
     What it sees: a stamped *solid* pattern (white blocks, a BadNets square) is flat at an intensity extreme, where
     natural scans are not; no 5x5 window of the 10,000 Fashion-MNIST test images is fully saturated, and every
@@ -427,6 +427,7 @@ class WindowStatsScorer(Scorer):
             raise ValueError(f"patch and bins must be >= 2, got {patch}, {bins}")
         self.patch, self.bins = patch, bins
         self.counts = torch.zeros(0, dtype=torch.long)   # ((bins+1)^2,) surrogate windows per grid cell
+        self._known = torch.zeros(0)     # per cell: distance to the nearest occupied cell once measured, else NaN
 
     def window_stats(self, X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, D) flat square one-channel images -> the (N, L) mean and standard deviation of every window."""
@@ -465,18 +466,25 @@ class WindowStatsScorer(Scorer):
     def fit(self, ev, y, y_pred=None):
         cells = self.grid_cells(ev.need(self.evidence)).flatten()
         self.counts = torch.bincount(cells, minlength=(self.bins + 1) ** 2)
+        self._known = torch.zeros(0)
         return self
 
     def window_distances(self, X: torch.Tensor) -> torch.Tensor:
-        """(N, D) images -> (N, L) each window's distance to the nearest surrogate window's cell.  Each distinct cell
-        the batch reaches is measured once: 0 when a surrogate window shares it."""
+        """(N, D) images -> (N, L) each window's distance to the nearest surrogate window's cell: 0 where a surrogate
+        window shares the cell.  A cell's distance is measured the first time a query reaches it and kept, so a
+        served stream soon costs one lookup per window."""
         if len(self.counts) != (self.bins + 1) ** 2:
             raise RuntimeError("window scorer is not fitted: call fit on the surrogate set first")
-        cells, where = torch.unique(self.grid_cells(X), return_inverse=True)
-        dist = torch.zeros(len(cells))
-        empty = self.counts[cells] == 0
-        dist[empty] = self._nearest(cells[empty], torch.nonzero(self.counts).flatten())
-        return dist[where]
+        if len(self._known) != len(self.counts):
+            self._known = torch.where(self.counts > 0, 0.0, math.nan)
+        cells = self.grid_cells(X)
+        dist = self._known[cells]
+        new = torch.isnan(dist)
+        if new.any():
+            todo = torch.unique(cells[new])
+            self._known[todo] = self._nearest(todo, torch.nonzero(self.counts).flatten())
+            dist = self._known[cells]
+        return dist
 
     def score(self, ev, y):
         return self.window_distances(ev.need(self.evidence)).amax(1)
