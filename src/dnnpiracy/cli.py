@@ -288,8 +288,8 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
               help="run only the cells of this trigger label (repeatable)")
 @click.option("--detector", "detectors", multiple=True,
               help="run only the cells of this detector column (repeatable; 'default' = the dataset's default)")
-@click.option("--overwrite", is_flag=True, help="write OUT/tableN.* even when they hold more finished cells than this "
-              "invocation will (an empty or partial cache, a subset of the grid)")
+@click.option("--overwrite", is_flag=True, help="write OUT/tableN.* even when they hold cells this invocation will not "
+              "end with (an empty or partial cache, another subset of the grid, another profile)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
 def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, detectors,
