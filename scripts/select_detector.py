@@ -27,7 +27,7 @@ from dnnpiracy.experiments.reproduce import BARS, PROFILES, within_bar
 from dnnpiracy.experiments.runner import CPU_TRAIN, get_target
 from dnnpiracy.io import atomic_write_text, git_commit, write_json
 from dnnpiracy.models import arch_info
-from dnnpiracy.watermark import fresh_triggers_for
+from dnnpiracy.watermark import fresh_triggers_for, same_class_triggers_for
 
 DEV = [("fashion-mnist", 3, 1), ("mnist-10k", 3, 1)]
 # --more-dev adds a development target on Fashion-MNIST's hardest class (Shirt, the lowest class accuracy), at a seed
@@ -35,11 +35,14 @@ DEV = [("fashion-mnist", 3, 1), ("mnist-10k", 3, 1)]
 MORE_DEV = [("fashion-mnist", 6, 7)]
 
 
-def _rates(se: torch.Tensor, st: torch.Tensor, thr: float, sf: torch.Tensor | None = None) -> list[float]:
-    """AUROC, TPR at 1 % FPR, FPR, TPR on the 15 embedded triggers, and (with ``sf``, the scores of the fresh
-    triggers the target sends to the trigger label) TPR on those: the same trigger at many more placements."""
+def _rates(se: torch.Tensor, st: torch.Tensor, thr: float, sf: torch.Tensor | None = None,
+           ss: torch.Tensor | None = None) -> list[float]:
+    """AUROC, TPR at 1 % FPR, FPR, TPR on the 15 embedded triggers, (with ``sf``, the scores of the fresh
+    triggers the target sends to the trigger label) TPR on those: the same trigger at many more placements, and
+    (with ``ss``, the scores of same-class fresh triggers) TPR on the trigger stamped on images of the trigger label."""
     out = [auroc(se, st), tpr_at_fpr(se, st, 0.01), float((se > thr).float().mean()), float((st > thr).float().mean())]
-    return out + ([float((sf > thr).float().mean())] if sf is not None and len(sf) else [])
+    out += [float((sf > thr).float().mean())] if sf is not None and len(sf) else []
+    return out + ([float((ss > thr).float().mean())] if ss is not None and len(ss) and len(out) == 5 else [])
 
 
 def fold_tag(folds: int) -> str:
@@ -52,7 +55,7 @@ def conf_tag(confidence: float | None) -> str:
 
 def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
             folds_list: tuple[int, ...] = (LEAVE_ONE_OUT,), confidences: tuple[float | None, ...] = (None,),
-            paper_surrogate: bool = False, dev: list | None = None) -> dict:
+            paper_surrogate: bool = False, dev: list | None = None, same_class: bool = False) -> dict:
     raw: dict = {}
     for dsname, label, seed in dev or DEV:
         ds = load_dataset(dsname)
@@ -76,6 +79,13 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
             keep = (pf_probe.predictions == label) & (pa[fresh.source_idx] != label)
             EF = Evidence.from_probe(pf_probe, fresh.images, "avgpool").take(keep)
             pf = pf_probe.predictions[keep]
+            ES = ps = None
+            if same_class:   # the trigger on this draw's evaluation images of the trigger label, answered with it
+                same = same_class_triggers_for(ds, sp, TriggerConfig(trigger_label=label, seed=seed))
+                ps_probe = cam(same.images)
+                keep_s = ps_probe.predictions == label
+                ES = Evidence.from_probe(ps_probe, same.images, "avgpool").take(keep_s)
+                ps = ps_probe.predictions[keep_s]
             if traffic:   # a seeded `traffic` of the evaluation inputs become the pirate's unlabelled clean queries
                 perm = torch.randperm(len(e), generator=torch.Generator().manual_seed(split_seed))
                 e, tr = e[perm[traffic:]], e[perm[:traffic]]
@@ -86,11 +96,12 @@ def measure(names: list[str], draws: int, target_fpr: float, traffic: int = 0,
                 sc.fit(EA.take(s), ds.test_y[s], pa[s])
                 se, st = sc.score(EA.take(e), pa[e]), sc.score(ET, pt)
                 sf = sc.score(EF, pf)
+                ss = sc.score(ES, ps) if ES is not None else None
                 per = raw.setdefault(tag_ds, {})
                 row = name if len(folds_list) == 1 else f"{name} ({fold_tag(folds)})"
                 for conf in confidences:
                     tag = row if len(confidences) == 1 else f"{row}, {conf_tag(conf)}"
-                    per.setdefault(tag, []).append(_rates(se, st, conformal_threshold(oof, target_fpr, conf), sf))
+                    per.setdefault(tag, []).append(_rates(se, st, conformal_threshold(oof, target_fpr, conf), sf, ss))
                 if not traffic:
                     continue
                 # threshold only: the surrogate-fitted scorer, thresholded on the traffic's scores
@@ -122,6 +133,7 @@ def summarise(raw: dict) -> list[dict]:
         for name, v in per.items():
             t = torch.tensor([r[:4] for r in v])
             fresh = torch.tensor([r[4] for r in v]) if all(len(r) > 4 for r in v) else None
+            same = torch.tensor([r[5] for r in v]) if all(len(r) > 5 for r in v) else None
             rows.append({"dataset": dsname, "detector": name, "draws": len(v), "auroc": float(t[:, 0].mean()),
                          "tpr_at_1pct_fpr": float(t[:, 1].mean()), "fpr_mean": float(t[:, 2].mean()),
                          "fpr_max": float(t[:, 2].max()), "fnr_mean": float(1 - t[:, 3].mean()),
@@ -130,11 +142,14 @@ def summarise(raw: dict) -> list[dict]:
                          "bar_met_share": _share(t[:, 2], 1 - t[:, 3], base),
                          "fnr_fresh_mean": float(1 - fresh.mean()) if fresh is not None else None,
                          # the same bar with FNR measured on the fresh triggers (many placements, not 15)
-                         "bar_met_share_fresh": _share(t[:, 2], 1 - fresh, base) if fresh is not None else None})
+                         "bar_met_share_fresh": _share(t[:, 2], 1 - fresh, base) if fresh is not None else None,
+                         # the trigger stamped on the draw's evaluation images of the trigger label (round 11)
+                         "fnr_same_class_mean": float(1 - same.mean()) if same is not None else None})
     return rows
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    same_class = any(r.get("fnr_same_class_mean") is not None for r in rows)
     lines = ["# Choosing the default detector (development targets only)", "",
              "Targets: ResNet-18, 3 epochs, trigger label 3, seed 1, on Fashion-MNIST and on mnist-10k. The reported "
              "runs use trigger label 0, seed 0, and played no part in this choice. Each row averages "
@@ -153,10 +168,18 @@ def markdown(rows: list[dict], meta: dict) -> str:
                  f" With `--traffic {meta['traffic']}`, that many evaluation inputs per draw are held out as the "
                  "pirate's unlabelled clean traffic (and leave the evaluation): `+traffic threshold` re-sets the "
                  "threshold on their scores, `+traffic fit` fits and thresholds the scorer on surrogate + traffic, "
-                 "each traffic input labelled by the target's prediction." if meta.get("traffic") else ""), "",
+                 "each traffic input labelled by the target's prediction." if meta.get("traffic") else "") + (
+                 " `FNR same-class` (round 11) over the owner's trigger stamped on the draw's evaluation images "
+                 "*of the trigger label* that the target answers with it (a stamped 6 for a label-6 watermark): the "
+                 "embedded set draws such images by chance, and the target's answer is right either way."
+                 if same_class else "") + (
+                 " Development targets (dataset, trigger label, seed): "
+                 + "; ".join(f"{d}, {lab}, {sd}" for d, lab, sd in meta["dev_targets_used"]) + "."
+                 if meta.get("dev_targets_used") else ""), "",
              "| dataset | detector | AUROC | TPR@1%FPR | FPR mean | FPR max | FNR mean | FNR max | "
-             "draws meeting the bar | FNR fresh | draws meeting the bar (fresh FNR) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "draws meeting the bar | FNR fresh | draws meeting the bar (fresh FNR) |" + (
+                 " FNR same-class |" if same_class else ""),
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if same_class else "")]
 
     def f(v, fmt):
         return "n/a" if v is None else format(v, fmt)
@@ -164,7 +187,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['dataset']} | {r['detector']} | {r['auroc']:.4f} | {r['tpr_at_1pct_fpr']:.3f} | "
                      f"{r['fpr_mean']:.4f} | {r['fpr_max']:.4f} | {r['fnr_mean']:.3f} | {r['fnr_max']:.3f} | "
                      f"{f(r.get('bar_met_share'), '.2f')} | {f(r.get('fnr_fresh_mean'), '.3f')} | "
-                     f"{f(r.get('bar_met_share_fresh'), '.2f')} |")
+                     f"{f(r.get('bar_met_share_fresh'), '.2f')} |"
+                     + (f" {f(r.get('fnr_same_class_mean'), '.3f')} |" if same_class else ""))
     if len(meta.get("confidences", [None])) > 1:
         lines += ["", "Unlike the earlier rounds, this comparison of threshold rules was run after the reported tables "
                   "had been seen with both rules (results/README.md, deviation 6); it is evidence from the development "
@@ -198,6 +222,11 @@ def main() -> None:
                          "mnist-10k's test split) instead of 5 %%")
     ap.add_argument("--more-dev", action="store_true",
                     help="add the development target(s) of MORE_DEV (Fashion-MNIST, Shirt, seed 7)")
+    ap.add_argument("--dev", action="append", default=[], metavar="DATASET:LABEL:SEED",
+                    help="add a development target (repeatable), e.g. mnist-10k:6:7; use a seed the tables do not "
+                         "(they use 0-2)")
+    ap.add_argument("--same-class", action="store_true",
+                    help="also measure FNR on the trigger stamped on evaluation images of the trigger label")
     ap.add_argument("--only", choices=["fashion-mnist", "mnist-10k"],
                     help="measure on this dataset's development targets alone")
     ap.add_argument("--reuse", help="raw JSON of an earlier run of this measurement (render only)")
@@ -206,11 +235,21 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     t0 = time.perf_counter()
     confidences = tuple((float(c) or None) for c in args.confidences.split(",")) if args.confidences else (None,)
-    dev = [d for d in DEV + (MORE_DEV if args.more_dev else []) if args.only in (None, d[0])]
+    extra = []
+    for d in args.dev:
+        try:
+            name, label, seed = d.split(":")
+            extra.append((name, int(label), int(seed)))
+        except ValueError:
+            ap.error(f"--dev {d!r}: expected DATASET:LABEL:SEED, e.g. mnist-10k:6:7")
+        if extra[-1][2] in (0, 1, 2):
+            ap.error(f"--dev {d!r}: seeds 0-2 are the reported tables' targets; a development target needs another")
+    dev = [d for d in DEV + (MORE_DEV if args.more_dev else []) + extra if args.only in (None, d[0])]
     raw = _load_raw(args.reuse) if args.reuse else measure(args.detectors.split(","), args.draws,
                                                                   args.target_fpr, args.traffic,
                                                                   tuple(int(f) for f in args.folds.split(",")),
-                                                                  confidences, args.paper_surrogate, dev)
+                                                                  confidences, args.paper_surrogate, dev,
+                                                                  args.same_class)
     rows = summarise(raw)
     meta = {"command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
             "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV,

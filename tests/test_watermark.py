@@ -10,6 +10,7 @@ from dnnpiracy.watermark import (
     disc_mask,
     load_trigger_set,
     make_trigger_set,
+    same_class_triggers_for,
     save_trigger_set,
     stamp_discs,
     verify,
@@ -54,6 +55,22 @@ def test_trigger_set_deterministic_and_relabelled(tiny):
     assert (a.labels == 7).all()
     assert torch.equal(a.source_labels, tiny.train_y[a.source_idx])
     assert (a.images.amax((1, 2, 3)) == 1.0).all()
+
+
+def test_same_class_triggers_stamp_only_evaluation_images_of_the_trigger_label(tiny):
+    from dnnpiracy.data import make_splits
+    splits = make_splits(tiny.test_y, 0.3, 0)
+    cfg = TriggerConfig(trigger_label=2, seed=5)
+    same = same_class_triggers_for(tiny, splits, cfg)
+    pool = splits.evaluation_idx[tiny.test_y[splits.evaluation_idx] == 2]
+    assert len(same) == len(pool) > 0                       # every evaluation image of the class (fewer than n)
+    assert set(same.source_idx.tolist()) == set(pool.tolist())
+    assert not set(same.source_idx.tolist()) & set(splits.surrogate_idx.tolist())
+    assert (same.source_labels == 2).all() and (same.labels == 2).all()
+    changed = (same.images != tiny.test_x[same.source_idx]).flatten(1).any(1)
+    assert changed.all() and (same.images.amax((1, 2, 3)) == 1.0).all()      # each one stamped, white discs
+    assert torch.equal(same_class_triggers_for(tiny, splits, cfg).images, same.images)
+    assert len(same_class_triggers_for(tiny, splits, cfg, n=3)) == 3
 
 
 def test_trigger_set_roundtrip(tmp_path, tiny):

@@ -1,6 +1,12 @@
 """Owner side: trigger inputs, watermark embedding, black-box verification."""
 
-from dnnpiracy.watermark.embed import Target, embed_watermark, fresh_triggers_for, owner_metrics
+from dnnpiracy.watermark.embed import (
+                                          Target,
+                                          embed_watermark,
+                                          fresh_triggers_for,
+                                          owner_metrics,
+                                          same_class_triggers_for,
+)
 from dnnpiracy.watermark.triggers import (
                                           TriggerSet,
                                           apply_trigger,
@@ -14,6 +20,7 @@ from dnnpiracy.watermark.triggers import (
 )
 from dnnpiracy.watermark.verify import Verification, binomial_sf, verify
 
-__all__ = ["Target", "embed_watermark", "fresh_triggers_for", "owner_metrics", "TriggerSet", "apply_trigger",
+__all__ = ["Target", "embed_watermark", "fresh_triggers_for", "owner_metrics", "same_class_triggers_for",
+           "TriggerSet", "apply_trigger",
            "disc_mask", "load_trigger_set", "make_fresh_triggers", "make_trigger_set", "save_trigger_grid",
            "save_trigger_set", "stamp_discs", "Verification", "binomial_sf", "verify"]

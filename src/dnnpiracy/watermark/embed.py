@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from dnnpiracy.config import TrainConfig, TriggerConfig
@@ -14,6 +15,7 @@ from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.training import accuracy, load_model, resolve_device, save_model, train_classifier
 from dnnpiracy.watermark.triggers import (
     TriggerSet,
+    apply_trigger,
     load_trigger_set,
     make_fresh_triggers,
     make_trigger_set,
@@ -55,6 +57,20 @@ def fresh_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, 
     ev = splits.evaluation_idx
     fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=n, seed=trigger_cfg.seed + 1)
     return TriggerSet(fresh.images, fresh.labels, ev[fresh.source_idx], fresh.source_labels, fresh.config)
+
+
+def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500) -> TriggerSet:
+    """The owner's trigger stamped on up to ``n`` clean evaluation images whose true label *is* the trigger label
+    (a stamped 6 for a label-6 watermark): the case the embedded set meets by chance (the paper draws its 15 images
+    from every class) and which carries no class-consistency evidence, since the target's answer is right either
+    way.  Deterministic in (split, trigger config); source indices are test-set indices."""
+    ev = splits.evaluation_idx
+    pool = ev[ds.test_y[ev] == trigger_cfg.trigger_label]
+    gen = torch.Generator().manual_seed(trigger_cfg.seed + 2)
+    idx = pool[torch.randperm(len(pool), generator=gen)[:n]]
+    images = apply_trigger(ds.test_x[idx], trigger_cfg, gen)
+    labels = torch.full((len(idx),), trigger_cfg.trigger_label, dtype=torch.long)
+    return TriggerSet(images, labels, idx, ds.test_y[idx].clone(), trigger_cfg)
 
 
 def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger_cfg: TriggerConfig | None,
