@@ -293,7 +293,10 @@ def test_traffic_fit_grows_the_reference_set_from_unlabelled_traffic():
 def test_default_detector_is_chosen_per_dataset():
     from dnnpiracy.attack import DEFAULT_DETECTOR, default_detector, resolve_spec
     assert default_detector("fashion-mnist") == "ensemble-patch-dknn-window"
-    assert default_detector("mnist-10k") == default_detector("mnist") == default_detector(None) == DEFAULT_DETECTOR
+    mnist = "ensemble-mahalanobis-stages-input-knn-patch-window"
+    assert default_detector("mnist-10k") == default_detector("mnist") == mnist
+    assert default_detector(None) == default_detector("digits-tiny") == DEFAULT_DETECTOR   # no window term elsewhere
+    assert "window" not in DEFAULT_DETECTOR
     assert resolve_spec("default", "fashion-mnist").scorer == "ensemble-patch-dknn-window"
     assert resolve_spec("default").scorer == DEFAULT_DETECTOR
 

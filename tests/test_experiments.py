@@ -13,15 +13,14 @@ def test_tables_declare_the_paper_grid():
     assert 0.1 in t5["taus"] and 20.0 in t5["taus"]
     assert t2["paper"]["0"][2:] == [0.20, 0.07] and t5["paper"]["0.1"][2] == 1.0
     cells = table_cells(t1, PROFILES["cpu"], "mnist-10k")
-    previous = {"ensemble-stages-input", "ensemble-mahalanobis-stages-input-knn"}     # the earlier defaults
-    assert len(cells) == 10 * 3 * 5 and {c.arch for c in cells} == {"resnet18"}
-    assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch",
-                                           "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin"} | previous
+    assert len(cells) == 10 * 3 * 3 and {c.arch for c in cells} == {"resnet18"}
+    assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch-window",
+                                           "ensemble-mahalanobis-stages-input-knn-patch"}   # default, previous one
     fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
     assert len(fashion) == 10 * 3 * 3
     assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn-window", "ensemble-patch-dknn"}
     # "default" and the name it stands for are one design, run once
-    assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch"]),
+    assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch-window"]),
                            PROFILES["cpu"], "mnist-10k")) == 10 * 3
     assert {c.arch for c in table_cells(t3, PROFILES["cpu"], "mnist-10k")} == {"resnet34", "resnet101", "resnet152"}
     assert len({c.key() for c in cells}) == len(cells)
