@@ -151,8 +151,8 @@ def summarise(raw: dict) -> list[dict]:
 def markdown(rows: list[dict], meta: dict) -> str:
     same_class = any(r.get("fnr_same_class_mean") is not None for r in rows)
     lines = ["# Choosing the default detector (development targets only)", "",
-             "Targets: ResNet-18, 3 epochs, trigger label 3, seed 1, on Fashion-MNIST and on mnist-10k. The reported "
-             "runs use trigger label 0, seed 0, and played no part in this choice. Each row averages "
+             "Targets: ResNet-18, 3 epochs (cpu profile), development targets only (named below where recorded; "
+             "the reported tables use seeds 0-2 and played no part in this choice). Each row averages "
              f"{rows[0]['draws'] if rows else 0} surrogate draws ("
              + ("the paper's 500 images: 25 % of mnist-10k's test split, 5 % of Fashion-MNIST's"
                 if meta.get("paper_surrogate") else "5 % of test") + ", stratified, split seeds 100..). The "
