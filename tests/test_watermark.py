@@ -71,6 +71,10 @@ def test_same_class_triggers_stamp_only_evaluation_images_of_the_trigger_label(t
     assert changed.all() and (same.images.amax((1, 2, 3)) == 1.0).all()      # each one stamped, white discs
     assert torch.equal(same_class_triggers_for(tiny, splits, cfg).images, same.images)
     assert len(same_class_triggers_for(tiny, splits, cfg, n=3)) == 3
+    from dataclasses import replace
+    no_nines = replace(tiny, test_y=torch.where(tiny.test_y == 9, 8, tiny.test_y))
+    empty = same_class_triggers_for(no_nines, splits, TriggerConfig(trigger_label=9, seed=5))
+    assert len(empty) == 0 and empty.images.shape[1:] == tiny.test_x.shape[1:]
 
 
 def test_trigger_set_roundtrip(tmp_path, tiny):

@@ -394,11 +394,11 @@ def detectors():
         on = [d for d, n in DEFAULT_BY_DATASET.items() if n == name]
         mark = ""
         if name == DEFAULT_DETECTOR:
-            others = [d for d, n in DEFAULT_BY_DATASET.items() if n != name]
-            mark = "  (default" + (f" except on {', '.join(others)})" if others else ")")
+            rest = [d for d in DATASET_CHOICES if d not in DEFAULT_BY_DATASET]
+            mark = f"  (default on {', '.join(rest + ['any other dataset'])})"
         elif on:
             mark = f"  (default on {', '.join(on)})"
-        click.echo(f"{name:34s} scorer={spec.scorer:32s} rule={spec.rule}{mark}  {spec.description}")
+        click.echo(f"{name:52s} scorer={spec.scorer:52s} rule={spec.rule}{mark}  {spec.description}")
 
 
 # ------------------------------------------------------------------------------------------------ bench

@@ -2,7 +2,7 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-10),
+``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-11),
 chosen per dataset on that dataset's development target (``default_detector``):
 
 - mnist-10k / MNIST: ``ensemble-mahalanobis-stages-input-knn-patch-window``, the sum of five scores, each
@@ -19,7 +19,8 @@ chosen per dataset on that dataset's development target (``default_detector``):
 
 Both are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 % confidence over
 the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  The earlier defaults
-(``ensemble-mahalanobis-stages-input-knn``, ``ensemble-stages-input``) stay selectable.
+(``ensemble-mahalanobis-stages-input-knn-patch``, ``ensemble-patch-dknn``, ``patch-input-p5``,
+``ensemble-mahalanobis-stages-input-knn``, ``ensemble-stages-input``) stay selectable.
 """
 
 from __future__ import annotations

@@ -66,6 +66,8 @@ def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerCon
     way.  Deterministic in (split, trigger config); source indices are test-set indices."""
     ev = splits.evaluation_idx
     pool = ev[ds.test_y[ev] == trigger_cfg.trigger_label]
+    if len(pool) == 0:       # no evaluation image of that class: an empty set, not a crash
+        return TriggerSet(ds.test_x[:0].clone(), torch.zeros(0, dtype=torch.long), pool, pool.clone(), trigger_cfg)
     gen = torch.Generator().manual_seed(trigger_cfg.seed + 2)
     idx = pool[torch.randperm(len(pool), generator=gen)[:n]]
     images = apply_trigger(ds.test_x[idx], trigger_cfg, gen)
