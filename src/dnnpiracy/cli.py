@@ -390,6 +390,7 @@ def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out,
 def detectors():
     """List the available detectors."""
     from dnnpiracy.attack import DEFAULT_BY_DATASET, DEFAULT_DETECTOR, DETECTORS
+    width = max(map(len, DETECTORS))
     for name, spec in DETECTORS.items():
         on = [d for d, n in DEFAULT_BY_DATASET.items() if n == name]
         mark = ""
@@ -398,7 +399,7 @@ def detectors():
             mark = f"  (default on {', '.join(rest + ['any other dataset'])})"
         elif on:
             mark = f"  (default on {', '.join(on)})"
-        click.echo(f"{name:52s} scorer={spec.scorer:52s} rule={spec.rule}{mark}  {spec.description}")
+        click.echo(f"{name:{width}s} scorer={spec.scorer:{width}s} rule={spec.rule}{mark}  {spec.description}")
 
 
 # ------------------------------------------------------------------------------------------------ bench
