@@ -7,7 +7,8 @@
 # The paper profile trains at batch 128 on 28x28 digits: one process leaves the GPU mostly idle, waiting for kernel
 # launches. So the grid is split (`reproduce --arch/--seed/--blocks/--trigger-label`) over five processes that share
 # one cache, each owning different targets (no two processes ever train the same target). SET picks the jobs:
-#   SET=table1 or SET=table2: that table, two trigger labels per job. SET=mnist345 (the default):
+#   SET=table1 or SET=table2: that table, two trigger labels per job. SET=round11: Table III's ResNet-152 row and
+#   Table IV's 1-3 blocks, the paper-profile cells round 11's default still lacks. SET=mnist345 (the default):
 #   1. Table III ResNet-34, then Table V (reuses those ResNet-34 label-0 targets)
 #   2. Table III ResNet-101
 #   3. Table III ResNet-152, seeds 0 and 2        4. Table III ResNet-152, seed 1
@@ -65,13 +66,20 @@ case "${SET:-mnist345}" in
     (job j3 3 --arch resnet152 --seed 0 --seed 2) & pids+=($!)
     (job j4 3 --arch resnet152 --seed 1) & pids+=($!)
     (job j5 4 --blocks 1 --blocks 2 --blocks 3) & pids+=($!) ;;
+  round11)   # what the paper-profile tables still lack with round 11's default (after device run 4): Table III's
+              # ResNet-152 row and Table IV's 1-3-block rows (12 targets); carry results/cells/paper/*/ as CELLS_IN
+              # so Table I's label-0 cells (= Table III ResNet-34, Table IV 4 blocks) and ResNet-101 are skipped:
+              #   mkdir -p .devcache/cells && cp results/cells/paper/*/*.json .devcache/cells  (carry .devcache)
+    for s in 0 1 2; do (job "r152s$s" 3 --arch resnet152 --seed "$s") & pids+=($!); done
+    (job b1 4 --blocks 1) & pids+=($!)
+    (job b23 4 --blocks 2 --blocks 3) & pids+=($!) ;;
   table1|table2)   # one table, two trigger labels per job (6 targets each); resume with CELLS_IN in a later session
     t=${SET#table}
     for pair in "0 1" "2 3" "4 5" "6 7" "8 9"; do
       set -- $pair
       (job "t${t}l$1$2" "$t" --trigger-label "$1" --trigger-label "$2") & pids+=($!)
     done ;;
-  *) echo "unknown SET=$SET (mnist345, table1, table2)" >>"$LOG" ;;
+  *) echo "unknown SET=$SET (mnist345, table1, table2, round11)" >>"$LOG" ;;
 esac
 [ "${#pids[@]}" -gt 0 ] && wait "${pids[@]}"
 kill "$MONITOR" 2>/dev/null
