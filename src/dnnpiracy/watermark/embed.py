@@ -119,7 +119,11 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
               "trigger_source_idx": triggers.source_idx.tolist() if triggers else None,
               "trigger_oversampled": bool(trigger_cfg and train_cfg.trigger_oversample > 1),
               **metrics, "history": history, "train_seconds": train_seconds,
-              "wall_seconds": time.perf_counter() - t0, "git_commit": git_commit()}
+              "wall_seconds": time.perf_counter() - t0, "git_commit": git_commit(),
+              # provenance only (not part of the cache key): CPU training is bit-for-bit repeatable for a given
+              # thread count, not across thread counts (results/determinism_label6_seed2/)
+              "device": str(next(model.parameters()).device), "torch_threads": torch.get_num_threads(),
+              "torch_version": torch.__version__}
     save_model(model_path, model, {"arch": train_cfg.arch, "stem": train_cfg.stem, "dataset": ds.name,
                                    "num_classes": ds.num_classes, "seed": train_cfg.seed,
                                    "train_config": asdict(train_cfg),
