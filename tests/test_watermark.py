@@ -129,6 +129,7 @@ def test_tiny_embedding_reaches_full_trigger_accuracy(tiny_target):
     assert target.report["trigger_accuracy"] == 1.0
     assert target.report["test_accuracy"] > 0.6
     # training provenance: the thread count changes CPU results, so the report records it
-    assert target.report["torch_threads"] == torch.get_num_threads() and target.report["device"] == "cpu"
+    assert target.report["torch_threads"] == torch.get_num_threads()
+    assert target.report["device"] == ("cuda:0" if torch.cuda.is_available() else "cpu")
     v = verify(lambda q: target.model(q).argmax(1), target.triggers.images, target.triggers.labels)
     assert v.pirated and v.p_value < 1e-6
