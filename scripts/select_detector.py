@@ -205,10 +205,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _load_raw(path: str) -> dict:
-    """The raw measurements of an earlier run: the ``raw`` part of a written JSON, or a bare raw dict."""
+def _load_raw(path: str) -> tuple[dict, dict | None]:
+    """The raw measurements of an earlier run and its recorded ``meta``: a written JSON, or a bare raw dict (no
+    meta)."""
     data = json.load(open(path))
-    return data["raw"] if "raw" in data and "meta" in data else data
+    return (data["raw"], data["meta"]) if "raw" in data and "meta" in data else (data, None)
 
 
 def main() -> None:
@@ -253,12 +254,11 @@ def main() -> None:
         if extra[-1][2] in (0, 1, 2):
             ap.error(f"--dev {d!r}: seeds 0-2 are the reported tables' targets; a development target needs another")
     dev = [d for d in DEV + (MORE_DEV if args.more_dev else []) + extra if args.only in (None, d[0])]
-    recorded = json.load(open(args.reuse)).get("meta") if args.reuse else None
-    raw = _load_raw(args.reuse) if args.reuse else measure(args.detectors.split(","), args.draws,
+    raw, recorded = _load_raw(args.reuse) if args.reuse else (measure(args.detectors.split(","), args.draws,
                                                                   args.target_fpr, args.traffic,
                                                                   tuple(int(f) for f in args.folds.split(",")),
                                                                   confidences, args.paper_surrogate, dev,
-                                                                  args.same_class)
+                                                                  args.same_class), None)
     rows = summarise(raw)
     meta = {"command": "python " + " ".join(sys.argv), "git_commit": git_commit(),
             "wall_seconds": time.perf_counter() - t0, "target_fpr": args.target_fpr, "dev_targets": DEV,
