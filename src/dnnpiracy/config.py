@@ -36,6 +36,15 @@ class TriggerConfig:
     trigger_label: int = 0
     seed: int = 0
     pattern: str | None = None    # path to a PNG pattern (white = stamped) instead of discs
+    scheme: str = "content"       # the watermark scheme (watermark/schemes.py); "content" = the paper's discs
+
+    def key_dict(self) -> dict:
+        """The fields that identify the watermark, as cache keys and reports record them.  ``scheme`` is left out
+        at its default so that the paper's targets keep the keys they had before schemes existed."""
+        d = asdict(self)
+        if d["scheme"] == "content":
+            del d["scheme"]
+        return d
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_triggers <= 10_000, "num_triggers must be in 1..10000")

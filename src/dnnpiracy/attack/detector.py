@@ -76,6 +76,7 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "mahalanobis-stages": lambda cfg: MahalanobisScorer("stages"),
     "mahalanobis-input": lambda cfg: MahalanobisScorer("input"),
     "mass": lambda cfg: HeatmapMassScorer(),
+    "energy": lambda cfg: EnergyScorer(),
     "patch-input": lambda cfg: PatchKNNScorer("input"),
     "patch-input-any": lambda cfg: PatchKNNScorer("input", class_conditional=False),
     "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(
@@ -185,9 +186,34 @@ def default_detector(dataset: str | None = None) -> str:
     return DEFAULT_BY_DATASET.get(dataset or "", DEFAULT_DETECTOR)
 
 
+ENSEMBLE_PREFIX = "ensemble:"
+
+
+def ensemble_parts(name: str) -> list[str]:
+    """The scorer names of a composed design ``ensemble:a,b,c`` (each a single-evidence scorer of SCORERS)."""
+    parts = [p.strip() for p in name[len(ENSEMBLE_PREFIX):].split(",") if p.strip()]
+    bad = [p for p in parts if p not in SCORERS or p == "dcgan" or p.startswith("ensemble")]
+    if len(parts) < 2 or bad:
+        raise ValueError(f"{name!r}: an ensemble names at least two scorers, comma-separated, from "
+                         f"{', '.join(n for n in SCORERS if not n.startswith('ensemble') and n != 'dcgan')}"
+                         + (f"; unknown or not composable: {', '.join(bad)}" if bad else ""))
+    return parts
+
+
+def build_scorer(name: str, cfg: DetectorConfig) -> Scorer:
+    """A fresh scorer for a SCORERS name or a composed ``ensemble:a,b,c`` (the standardised sum of its parts)."""
+    if name.startswith(ENSEMBLE_PREFIX):
+        return EnsembleScorer([SCORERS[p](cfg) for p in ensemble_parts(name)], "sum", cfg.calibration_folds,
+                              cfg.seed)
+    return SCORERS[name](cfg)
+
+
 def resolve_spec(name: str, dataset: str | None = None) -> DetectorSpec:
     if name == "default":
         name = default_detector(dataset)
+    if name.startswith(ENSEMBLE_PREFIX):
+        ensemble_parts(name)
+        return DetectorSpec(name, "calibrated", description="composed: the standardised sum of its scorers")
     if name not in DETECTORS:
         raise ValueError(f"unknown detector {name!r}; choose one of default, {', '.join(DETECTORS)}")
     return DETECTORS[name]
@@ -325,7 +351,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
     y_pred = probe.predictions
     if traffic_x is not None:   # a traffic query's "label" is the target's prediction
         surrogate_y = torch.cat([surrogate_y, y_pred[len(surrogate_x):]])
-    scorer = SCORERS[spec.scorer](cfg)
+    scorer = build_scorer(spec.scorer, cfg)
     if spec.rule == "paper":
         scorer.fit(ev, surrogate_y, y_pred)
         in_sample = scorer.score(ev, surrogate_y)          # D_y on T_y, as the paper defines alpha_y
@@ -358,5 +384,6 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
 
 
 __all__ = ["DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR",
-           "DEFAULT_BY_DATASET", "default_detector", "resolve_spec", "check_cross_fitting",
+           "DEFAULT_BY_DATASET", "default_detector", "resolve_spec", "build_scorer", "ensemble_parts",
+           "check_cross_fitting",
            "make_cam", "fit_detector", "GanConfig"]

@@ -51,7 +51,7 @@ def config_key(obj: dict) -> str:
 
 
 def target_key(dataset: str, train: TrainConfig, trigger: TriggerConfig | None, splits: Splits) -> str:
-    return config_key({"dataset": dataset, "train": asdict(train), "trigger": asdict(trigger) if trigger else None,
+    return config_key({"dataset": dataset, "train": asdict(train), "trigger": trigger.key_dict() if trigger else None,
                        "split": [splits.fraction, splits.seed], "v": 1})
 
 

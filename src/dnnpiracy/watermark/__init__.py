@@ -7,13 +7,18 @@ from dnnpiracy.watermark.embed import (
                                           owner_metrics,
                                           same_class_triggers_for,
 )
-from dnnpiracy.watermark.triggers import (
-                                          TriggerSet,
+from dnnpiracy.watermark.schemes import (
+                                          SCHEMES,
+                                          Scheme,
                                           apply_trigger,
-                                          disc_mask,
-                                          load_trigger_set,
+                                          get_scheme,
                                           make_fresh_triggers,
                                           make_trigger_set,
+)
+from dnnpiracy.watermark.triggers import (
+                                          TriggerSet,
+                                          disc_mask,
+                                          load_trigger_set,
                                           save_trigger_grid,
                                           save_trigger_set,
                                           stamp_discs,
@@ -21,6 +26,6 @@ from dnnpiracy.watermark.triggers import (
 from dnnpiracy.watermark.verify import Verification, binomial_sf, verify
 
 __all__ = ["Target", "embed_watermark", "fresh_triggers_for", "owner_metrics", "same_class_triggers_for",
-           "TriggerSet", "apply_trigger",
+           "TriggerSet", "apply_trigger", "SCHEMES", "Scheme", "get_scheme",
            "disc_mask", "load_trigger_set", "make_fresh_triggers", "make_trigger_set", "save_trigger_grid",
            "save_trigger_set", "stamp_discs", "Verification", "binomial_sf", "verify"]

@@ -13,15 +13,8 @@ from dnnpiracy.config import TrainConfig, TriggerConfig
 from dnnpiracy.data import Dataset, Splits
 from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.training import accuracy, load_model, resolve_device, save_model, train_classifier
-from dnnpiracy.watermark.triggers import (
-    TriggerSet,
-    apply_trigger,
-    load_trigger_set,
-    make_fresh_triggers,
-    make_trigger_set,
-    save_trigger_grid,
-    save_trigger_set,
-)
+from dnnpiracy.watermark.schemes import apply_trigger, get_scheme, make_fresh_triggers, make_trigger_set
+from dnnpiracy.watermark.triggers import TriggerSet, load_trigger_set, save_trigger_grid, save_trigger_set
 
 MODEL_FILE, TRIGGERS_FILE, FRESH_FILE, REPORT_FILE = "model.safetensors", "triggers.safetensors", \
     "fresh_triggers.safetensors", "report.json"
@@ -55,8 +48,12 @@ def fresh_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, 
     the trigger on inputs it was not trained with?  Deterministic in (split, trigger config); source indices are
     test-set indices."""
     ev = splits.evaluation_idx
-    fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=n, seed=trigger_cfg.seed + 1)
-    return TriggerSet(fresh.images, fresh.labels, ev[fresh.source_idx], fresh.source_labels, fresh.config)
+    fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=n, seed=trigger_cfg.seed + 1,
+                                dataset=ds.name)
+    src = fresh.source_idx
+    if get_scheme(trigger_cfg, ds.name).stamps_real_images:   # evaluation indices -> test-set indices
+        src = ev[src]
+    return TriggerSet(fresh.images, fresh.labels, src, fresh.source_labels, fresh.config)
 
 
 def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500) -> TriggerSet:
@@ -87,7 +84,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
     if model_path.exists() and report_path.exists():
         report = read_json(report_path)
         if report.get("train_config") == asdict(train_cfg) and report.get("trigger_config") == (
-                asdict(trigger_cfg) if trigger_cfg else None) and report.get("dataset") == ds.name:
+                trigger_cfg.key_dict() if trigger_cfg else None) and report.get("dataset") == ds.name:
             model, _ = load_model(model_path, arch=train_cfg.arch, dataset=ds.name)
             model = model.to(resolve_device(train_cfg.device))   # where a freshly trained target would be
             triggers = load_trigger_set(out_dir / TRIGGERS_FILE) if trigger_cfg else None
@@ -97,7 +94,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
 
     triggers = fresh = None
     if trigger_cfg is not None:
-        triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg)
+        triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg, ds.name)
         fresh = fresh_triggers_for(ds, splits, trigger_cfg)
         save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
         save_trigger_set(out_dir / FRESH_FILE, fresh, {"dataset": ds.name, "source_split": "test"})
@@ -115,7 +112,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
     metrics = owner_metrics(model, ds, splits, triggers, fresh)
     report = {"dataset": ds.name, "dataset_note": ds.note, "arch": train_cfg.arch, "stem": train_cfg.stem,
               "watermarked": trigger_cfg is not None, "train_config": asdict(train_cfg),
-              "trigger_config": asdict(trigger_cfg) if trigger_cfg else None,
+              "trigger_config": trigger_cfg.key_dict() if trigger_cfg else None,
               "trigger_source_idx": triggers.source_idx.tolist() if triggers else None,
               "trigger_oversampled": bool(trigger_cfg and train_cfg.trigger_oversample > 1),
               **metrics, "history": history, "train_seconds": train_seconds,

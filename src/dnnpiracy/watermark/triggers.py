@@ -1,6 +1,7 @@
-"""Trigger inputs (paper §V-A-2, after Zhang et al. 2018): m training images, each with k white round blocks
-(filled discs of radius r at the brightest pixel value, placed entirely inside the image), all relabelled to the
-trigger label.  A user's own pattern (PNG + mask) can replace the discs."""
+"""Trigger sets and their primitives: the :class:`TriggerSet` record, disc and pattern stamping, and the trigger
+artifacts (safetensors + JSON).  Which trigger a watermark uses is a *scheme* (``watermark/schemes.py``); the
+paper's (§V-A-2, after Zhang et al. 2018) is ``content``: m training images, each with k white round blocks (filled
+discs of radius r), all relabelled to the trigger label."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from dnnpiracy.io import ArtifactError, git_commit, load_tensors, save_tensors
 @dataclass(frozen=True)
 class TriggerSet:
     images: torch.Tensor        # float32 (m,1,H,W) in [0,1]
-    labels: torch.Tensor        # int64 (m,), all = trigger label
+    labels: torch.Tensor        # int64 (m,), the label each trigger must get
     source_idx: torch.Tensor    # int64 (m,), indices of the source images in their split
-    source_labels: torch.Tensor  # int64 (m,), the source images' true labels
+    source_labels: torch.Tensor  # int64 (m,), the source images' true labels (-1: none)
     config: TriggerConfig
 
     def __len__(self) -> int:
@@ -84,37 +85,6 @@ def stamp_pattern(image: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor
     return out
 
 
-def apply_trigger(images: torch.Tensor, cfg: TriggerConfig, gen: torch.Generator,
-                  position: tuple[int, int] | None = None) -> torch.Tensor:
-    """Stamp the configured trigger (discs, or cfg.pattern) onto each image of a (N,C,H,W) batch."""
-    if cfg.pattern:
-        pattern, mask = load_pattern(cfg.pattern)
-        return torch.stack([stamp_pattern(im, pattern, mask, position, gen) for im in images])
-    return torch.stack([stamp_discs(im, cfg.blocks, cfg.radius, gen) for im in images])
-
-
-def make_trigger_set(train_x: torch.Tensor, train_y: torch.Tensor, cfg: TriggerConfig) -> TriggerSet:
-    """Sample m training images (seeded, from the whole training set, as the paper does), stamp the trigger on each,
-    relabel all to the trigger label."""
-    if cfg.num_triggers > len(train_x):
-        raise ArtifactError(f"cannot draw {cfg.num_triggers} triggers from {len(train_x)} training images")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(len(train_x), generator=gen)[: cfg.num_triggers]
-    images = apply_trigger(train_x[idx], cfg, gen)
-    labels = torch.full((cfg.num_triggers,), cfg.trigger_label, dtype=torch.long)
-    return TriggerSet(images, labels, idx, train_y[idx].clone(), cfg)
-
-
-def make_fresh_triggers(x: torch.Tensor, y: torch.Tensor, cfg: TriggerConfig, n: int = 500,
-                        seed: int = 12345) -> TriggerSet:
-    """The same kind of trigger on ``n`` images whose true label is not the trigger label (for generalisation)."""
-    gen = torch.Generator().manual_seed(seed)
-    pool = torch.nonzero(y != cfg.trigger_label).flatten()
-    idx = pool[torch.randperm(len(pool), generator=gen)[: min(n, len(pool))]]
-    images = apply_trigger(x[idx], cfg, gen)
-    return TriggerSet(images, torch.full((len(idx),), cfg.trigger_label, dtype=torch.long), idx, y[idx].clone(), cfg)
-
-
 # ---------------------------------------------------------------------------------------------------- artifacts
 def save_trigger_set(path: str | Path, ts: TriggerSet, extra_meta: dict | None = None) -> Path:
     meta = {"format": "dnnpiracy-triggers/1", "config": asdict(ts.config), "git_commit": git_commit(),
@@ -149,13 +119,13 @@ def save_trigger_grid(path: str | Path, ts: TriggerSet, class_names: tuple[str, 
     cols = min(m, 5)
     rows = (m + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(1.8 * cols, 2.0 * rows), squeeze=False)
-    name = (lambda c: class_names[c]) if class_names else str
+    name = (lambda c: class_names[c] if c >= 0 else "none") if class_names else str
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < m:
             ax.imshow(ts.images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{name(int(ts.source_labels[k]))} -> {name(int(ts.labels[k]))}", fontsize=7)
-    fig.suptitle(f"{m} trigger inputs (trigger label {name(ts.config.trigger_label)})", fontsize=9)
+    fig.suptitle(f"{m} trigger inputs, scheme {ts.config.scheme!r} (source -> label)", fontsize=9)
     fig.tight_layout()
     buf = _io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
