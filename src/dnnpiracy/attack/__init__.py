@@ -8,6 +8,7 @@ from dnnpiracy.attack.detector import (
                                        Detector,
                                        DetectorSpec,
                                        Inspection,
+                                       build_scorer,
                                        check_cross_fitting,
                                        default_detector,
                                        fit_detector,
@@ -29,7 +30,7 @@ from dnnpiracy.attack.scorers import (
                                        WindowStatsScorer,
 )
 
-__all__ = ["DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
+__all__ = ["build_scorer", "DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
            "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
            "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "DkNNScorer", "EnsembleScorer",

@@ -61,16 +61,16 @@ def load_grid(name: str) -> dict:
 
 @dataclass(frozen=True)
 class SchemeTarget:
-    """One trained target of the grid: a dataset, a watermark scheme (None = the unwatermarked baseline), a seed."""
+    """One trained target of the grid: a dataset, a watermark scheme (None = the unwatermarked baseline), a seed,
+    and how it is trained and attacked (the CPU profile unless the grid says otherwise)."""
 
     dataset: str
     scheme: str | None
     seed: int
     trigger_label: int
-
-    @property
-    def train(self) -> TrainConfig:
-        return TrainConfig(arch="resnet18", epochs=CPU.epochs[self.dataset], seed=self.seed, trigger_oversample=20)
+    train: TrainConfig
+    surrogate_fraction: float       # the attacker's labelled share of the test set
+    gan_epochs: int                 # the paper detector's DCGAN epochs
 
     def trigger_config(self) -> TriggerConfig | None:
         if self.scheme is None:
@@ -78,11 +78,23 @@ class SchemeTarget:
         return TriggerConfig(trigger_label=self.trigger_label, seed=self.seed, scheme=self.scheme)
 
     def splits(self, ds: Dataset):
-        """The attacker's split: the paper's 500 surrogate images, seeded by the seed."""
-        return make_splits(ds.test_y, CPU.surrogate_fraction(ds.name), self.seed)
+        """The attacker's split (surrogate / evaluation), seeded by the seed."""
+        return make_splits(ds.test_y, self.surrogate_fraction, self.seed)
 
     def target_splits(self, ds: Dataset):
+        """The split the target is keyed by (the paper's 5 %; training never sees the test set)."""
         return make_splits(ds.test_y, DetectorConfig.surrogate_fraction, self.seed)
+
+
+def make_target(grid: dict, dataset: str, scheme: str | None, seed: int, label: int) -> SchemeTarget:
+    """A grid's target: the CPU profile of ``reproduce`` unless the grid sets ``arch``, ``lr``, ``epochs``,
+    ``surrogate_fraction`` or ``gan_epochs`` (the last three per dataset)."""
+    train = TrainConfig(arch=grid.get("arch", "resnet18"), epochs=grid.get("epochs", {}).get(dataset,
+                        CPU.epochs.get(dataset, 3)), lr=grid.get("lr", TrainConfig.lr), seed=seed,
+                        trigger_oversample=20)
+    return SchemeTarget(dataset, scheme, seed, label, train,
+                        grid.get("surrogate_fraction", {}).get(dataset, CPU.surrogate_fraction(dataset)),
+                        grid.get("gan_epochs", {}).get(dataset, CPU.gan_epochs.get(dataset, 10)))
 
 
 @dataclass(frozen=True)
@@ -93,12 +105,12 @@ class BenchCell:
     fpr_confidence: float | None = DetectorConfig.fpr_confidence
 
     def key(self) -> str:
-        d = {**asdict(self.target), "train": asdict(self.target.train), "detector": self.detector,
-             "target_fpr": self.target_fpr, "fpr_confidence": self.fpr_confidence,
-             "surrogate_fraction": CPU.surrogate_fraction(self.target.dataset), "v": 1}
+        d = {**asdict(self.target), "detector": self.detector, "target_fpr": self.target_fpr,
+             "fpr_confidence": self.fpr_confidence, "v": 1}
         if resolve_spec(self.detector).rule == "paper":
-            d["gan_epochs"] = CPU.gan_epochs[self.target.dataset]
             del d["target_fpr"], d["fpr_confidence"]
+        else:
+            del d["gan_epochs"]
         return config_key(d)
 
 
@@ -109,9 +121,9 @@ def grid_targets(grid: dict) -> list[SchemeTarget]:
     out = []
     for seed, label in zip(grid["seeds"], grid["trigger_labels"]):
         for dataset in grid["datasets"]:
-            out += [SchemeTarget(dataset, s, seed, label) for s in order]
+            out += [make_target(grid, dataset, s, seed, label) for s in order]
     if grid.get("clean_baseline"):
-        out += [SchemeTarget(d, None, seed, label) for seed, label in zip(grid["seeds"], grid["trigger_labels"])
+        out += [make_target(grid, d, None, seed, label) for seed, label in zip(grid["seeds"], grid["trigger_labels"])
                 for d in grid["datasets"]]
     return out
 
@@ -156,7 +168,7 @@ def _run_cell(cell: BenchCell, ds, target, fresh, splits, probes, info) -> dict:
     t0 = time.perf_counter()
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     cfg = DetectorConfig(detector=cell.detector, seed=t.seed, target_fpr=cell.target_fpr,
-                         fpr_confidence=cell.fpr_confidence, gan=GanConfig(epochs=CPU.gan_epochs[t.dataset]))
+                         fpr_confidence=cell.fpr_confidence, gan=GanConfig(epochs=t.gan_epochs))
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, paper_tau(ds.name),
                        ds.num_classes, probe=probes["surrogate"])
     c, tr, f = inspect_sets(det, ds.test_x[ev], ds.test_y[ev], target.triggers, fresh, probes)
@@ -164,7 +176,7 @@ def _run_cell(cell: BenchCell, ds, target, fresh, splits, probes, info) -> dict:
     scores = {name: [float(f"{v:.6g}") for v in s.inspection.scores.tolist()] for name, s in
               (("clean", c), ("triggers", tr), ("fresh", f))}
     out = {"cell": {**asdict(t), "detector": cell.detector, "target_fpr": cell.target_fpr,
-                    "fpr_confidence": cell.fpr_confidence, "train": asdict(t.train)},
+                    "fpr_confidence": cell.fpr_confidence},
            "rule": det.spec.rule, "metrics": m,
            "target_report": {k: target.report.get(k) for k in ("test_accuracy", "evaluation_accuracy",
                                                               "trigger_accuracy", "fresh_trigger_accuracy",
@@ -209,3 +221,139 @@ def scheme_summary(cfg_scheme: str, dataset: str) -> dict:
 __all__ = ["load_grid", "SchemeTarget", "BenchCell", "grid_targets", "designs", "run_target", "run_grid",
            "cell_path", "CELL_DIR", "scheme_summary"]
 
+
+
+# ------------------------------------------------------------------------------------------------ collect, render
+def cached_cells(grid: dict, cache_dir: Path | None = None) -> tuple[list[dict], int]:
+    """(the finished cells of ``grid`` in the cache, the number of cells the grid has)."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    outs, total = [], 0
+    for t in grid_targets(grid):
+        if t.scheme is None:
+            continue
+        for d in designs(grid, t.dataset):
+            total += 1
+            p = cell_path(cache_dir, BenchCell(t, d))
+            if p.exists():
+                outs.append(read_json(p))
+    return outs, total
+
+
+def clean_baselines(grid: dict, cache_dir: Path | None = None) -> list[dict]:
+    """The unwatermarked targets' test accuracies that are in the cache (dataset, seed, test_accuracy)."""
+    from dnnpiracy.experiments.runner import target_key
+    cache_dir = Path(cache_dir or default_cache_dir())
+    out, loaded = [], {}
+    for t in grid_targets(grid):
+        if t.scheme is not None:
+            continue
+        ds = loaded.get(t.dataset) or loaded.setdefault(t.dataset, load_dataset(t.dataset))
+        rep = cache_dir / "targets" / target_key(ds.name, t.train, None, t.target_splits(ds)) / "report.json"
+        if rep.exists():
+            r = read_json(rep)
+            out.append({"clean_baseline": True, "dataset": t.dataset, "seed": t.seed,
+                        "test_accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds", 0.0)})
+    return out
+
+
+def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: str = "", wall_seconds: float = 0.0,
+           failed: int = 0, overwrite: bool = False) -> list[Path]:
+    """Write the grid's report from the cached cells: the benchmark (``schemes.md`` / ``.json`` and
+    ``schemes/{matrix,gallery}.png``) or, for a selection grid, ``selection/<grid>.md`` / ``.json``.  A render that
+    would hold fewer cells than the report already in ``out_dir`` stops with a ValueError unless ``overwrite``."""
+    from dnnpiracy.experiments import bench_report as br
+    from dnnpiracy.io import atomic_write_bytes, atomic_write_text
+    from dnnpiracy.watermark import SCHEMES
+    out_dir = Path(out_dir)
+    cells, total = cached_cells(grid, cache_dir)
+    clean = clean_baselines(grid, cache_dir)
+    selection = grid["name"] != "schemes" and set(grid["schemes"]) <= set(grid["development"])
+    stem = out_dir / "selection" / grid["name"] if selection else out_dir / "schemes"
+    json_path = stem.with_suffix(".json")
+    if json_path.exists() and not overwrite:
+        before = read_json(json_path).get("meta", {}).get("cells_done", 0)
+        if before > len(cells):
+            raise ValueError(f"{json_path} holds {before} cells, this render only {len(cells)} (another cache?); "
+                             "pass overwrite to replace it")
+    per_target = {(c["cell"]["scheme"], c["cell"]["dataset"], c["cell"]["seed"]): c for c in cells}
+    target_seconds = sum(c["target_report"]["wall_seconds"] or 0.0 for c in per_target.values()) + \
+        sum(c["wall_seconds"] for c in clean)
+    detector_seconds = sum(c["seconds"] for c in cells) + sum(c.get("probe_seconds", 0.0) for c in per_target.values())
+    meta = {"grid": grid["name"], "cells_done": len(cells), "cells_total": total, "failed": failed,
+            "command": command, "git_commit": git_commit(), "wall_seconds": wall_seconds,
+            "target_seconds": target_seconds, "detector_seconds": detector_seconds,
+            "compute_seconds": target_seconds + detector_seconds,
+            "devices": sorted({c["device"] for c in cells}) or ["cpu"],
+            "protocol": "docs/heldout_protocol.md", "development": grid["development"],
+            "profile": profile_note(grid)}
+    rows = br.aggregate(cells, grid["development"], br.clean_accuracy(clean))
+    if selection:
+        ranking = br.selection_scores(cells)
+        loso = {s: (br.selection_scores(cells, exclude_scheme=s) or [{}])[0].get("detector")
+                for s in grid["schemes"]}
+        write_json(json_path, {"meta": meta, "ranking": ranking, "leave_one_scheme_out": loso, "rows": rows})
+        atomic_write_text(stem.with_suffix(".md"), selection_markdown(grid, ranking, loso, rows, meta))
+        return [json_path, stem.with_suffix(".md")]
+    default_name = default_detector(grid["datasets"][0])
+    summaries = {n: SCHEMES[n](TriggerConfig(scheme=n)).describe() for n in grid["schemes"]}
+    write_json(json_path, {"meta": {**meta, "default": default_name}, "rows": rows, "clean_baselines": clean})
+    atomic_write_text(stem.with_suffix(".md"), br.schemes_markdown(rows, grid, default_name, meta, summaries))
+    paths = [json_path, stem.with_suffix(".md")]
+    if rows:
+        dets = list(dict.fromkeys(r["detector"] for r in rows))
+        paths.append(atomic_write_bytes(stem / "matrix.png", br.matrix_png(rows, dets)))
+    paths.append(atomic_write_bytes(stem / "gallery.png", br.gallery_png(gallery_sets(grid))))
+    return paths
+
+
+def profile_note(grid: dict) -> str:
+    """How the grid's targets are trained and attacked, in words."""
+    parts = []
+    for d, t in {t.dataset: t for t in grid_targets(grid)}.items():
+        tr = t.train
+        parts.append(f"{d}: {tr.arch}, {tr.epochs} epochs, lr {tr.lr:g}, batch {tr.batch_size}, triggers "
+                     f"x{tr.trigger_oversample} per epoch, surrogate {t.surrogate_fraction:g} of the test set, "
+                     f"DCGAN {t.gan_epochs} epochs")
+    return "; ".join(parts)
+
+
+def gallery_sets(grid: dict) -> dict:
+    """Each scheme's embedded trigger set of the grid's first seed, per dataset (made again: it is deterministic)."""
+    from dnnpiracy.watermark import make_trigger_set
+    sets = {}
+    seed, label = grid["seeds"][0], grid["trigger_labels"][0]
+    for d in grid["datasets"]:
+        ds = load_dataset(d)
+        for s in grid["schemes"]:
+            sets[(s, d)] = make_trigger_set(ds.train_x, ds.train_y, TriggerConfig(trigger_label=label, seed=seed,
+                                                                                  scheme=s), d)
+    return sets
+
+
+def selection_markdown(grid: dict, ranking: list[dict], loso: dict, rows: list[dict], meta: dict) -> str:
+    from dnnpiracy.experiments.bench_report import _f
+    L = [f"# {grid['title']}", "",
+         "Protocol and criterion: `docs/heldout_protocol.md` (committed before this run). A candidate *passes* a "
+         "development target when FPR <= 0.01, FNR <= 0.2 and the owner's verification says 'not pirated'. Ranked by "
+         "the share passed, then the mean of (FNR + fresh FNR) / 2, then the mean FPR, then the number of terms.", "",
+         "| rank | detector | targets | share passed | mean (FNR + fresh FNR)/2 | mean FNR | mean FPR | mean AUROC "
+         "| terms |", "|---|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(ranking, 1):
+        L.append(f"| {i} | `{r['detector']}` | {r['n_targets']} | {_f(r['pass_share'], 3)} "
+                 f"| {_f(r['mean_fnr_embedded_fresh'])} | {_f(r['mean_fnr'])} | {_f(r['mean_fpr'], 4)} "
+                 f"| {_f(r['mean_auroc'])} | {r['terms']} |")
+    win = ranking[0]["detector"] if ranking else None
+    L += ["", f"**Selected: `{win}`.**", "", "Leave-one-scheme-out (the criterion without one development scheme):", ""]
+    L += [f"- without `{s}`: `{w}`" + ("" if w == win else " (differs)") for s, w in loso.items()]
+    L += ["", "## Per target (FPR / FNR / fresh FNR / owner's verdict on the pirated model)", "",
+          "| dataset | scheme | detector | FPR | FNR | fresh FNR | AUROC | owner | passes |", "|---" * 9 + "|"]
+    for r in rows:
+        L.append(f"| {r['dataset']} | {r['scheme']} | `{r['detector']}` | {_f(r['fpr_mean'], 4)} "
+                 f"| {_f(r['fnr_mean'])} "
+                 f"| {_f(r['fnr_fresh_mean'])} | {_f(r['auroc_mean'])} "
+                 f"| {'pirated' if r['owner_pirated_share'] else 'not pirated'} | {all(r['passes_per_seed'])} |")
+    L += ["", f"Cells {meta['cells_done']}/{meta['cells_total']}; compute {meta['compute_seconds']:.0f} s "
+          f"(targets {meta['target_seconds']:.0f} s, detectors {meta['detector_seconds']:.0f} s) on "
+          f"{', '.join(meta['devices'])}. Command `{meta['command']}`, commit {meta['git_commit']}, wall time "
+          f"{meta['wall_seconds']:.0f} s."]
+    return "\n".join(L) + "\n"

@@ -440,5 +440,7 @@ def bench(arch, target_dir, detector_names, batch_sizes, dataset, seconds, round
         click.echo(f"wrote {md_out}")
 
 
+from dnnpiracy.cli import schemes as _schemes  # noqa: E402,F401  (registers `schemes` and `benchmark`)
+
 if __name__ == "__main__":  # pragma: no cover
     main()
