@@ -118,3 +118,19 @@ def test_held_out_bar():
     assert br.meets_bar(row)
     assert not br.meets_bar({**row, "owner_pirated_share": 1 / 3})
     assert not br.meets_bar({**row, "fnr_mean": 0.21})
+
+
+def test_lof_scorer_matches_scikit_learn_and_flags_a_planted_outlier():
+    import torch
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from dnnpiracy.attack.lof import LOFScorer
+    from dnnpiracy.attack.scorers import Evidence
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(200, 8, generator=g)
+    queries = torch.cat([torch.randn(20, 8, generator=g), torch.full((1, 8), 6.0)])
+    y = torch.zeros(200, dtype=torch.long)
+    s = LOFScorer(k=20).fit(Evidence(features=ref), y).score(Evidence(features=queries), torch.zeros(21).long())
+    sk = LocalOutlierFactor(n_neighbors=20, novelty=True).fit(ref.double().numpy())
+    assert torch.allclose(s.double(), torch.from_numpy(-sk.score_samples(queries.double().numpy())), atol=1e-5)
+    assert int(s.argmax()) == 20 and s[20] > 2 and s[:20].median() < 1.3     # inliers score about 1

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
+from dnnpiracy.attack.lof import LOFScorer
 from dnnpiracy.attack.scorers import (
     LEAVE_ONE_OUT,
     ClassNormalizedScorer,
@@ -77,6 +78,7 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "mahalanobis-input": lambda cfg: MahalanobisScorer("input"),
     "mass": lambda cfg: HeatmapMassScorer(),
     "energy": lambda cfg: EnergyScorer(),
+    "lof": lambda cfg: LOFScorer(),
     "patch-input": lambda cfg: PatchKNNScorer("input"),
     "patch-input-any": lambda cfg: PatchKNNScorer("input", class_conditional=False),
     "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(

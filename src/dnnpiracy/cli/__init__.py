@@ -12,6 +12,13 @@ import click
 from dnnpiracy.config import STRATEGIES, ConfigError, DetectorConfig, GanConfig, TrainConfig, TriggerConfig
 
 DATASET_CHOICES = ["fashion-mnist", "mnist", "mnist-10k", "digits-tiny"]
+SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs"]
+
+
+def _scheme_option(f):
+    return click.option("--scheme", type=click.Choice(SCHEME_CHOICES), default="content", show_default=True,
+                        help="the owner's watermark scheme (`dnnpiracy schemes` lists them); content = the paper's "
+                             "white discs")(f)
 
 
 class _Errors(click.Group):
@@ -95,7 +102,8 @@ def models(measure, archs, json_out):
 @click.option("--radius", type=click.IntRange(1, 13), default=3, show_default=True)
 @click.option("--num-triggers", type=click.IntRange(1, 10000), default=15, show_default=True)
 @click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PNG pattern (alpha = mask) stamped instead of the discs")
+              help="PNG pattern (alpha = mask) stamped instead of the discs (the pattern scheme)")
+@_scheme_option
 @click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(0, 10, min_open=True), default=1e-4, show_default=True)
@@ -105,8 +113,8 @@ def models(measure, archs, json_out):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False), required=True)
 @_data_dir_option
-def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, trigger_pattern, epochs, batch_size,
-              lr, oversample, no_watermark, seed, out, data_dir):
+def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, trigger_pattern, scheme, epochs,
+              batch_size, lr, oversample, no_watermark, seed, out, data_dir):
     """Owner: train a watermarked target into OUT (model, trigger set, report.json)."""
     from dnnpiracy.data import load_dataset, make_splits
     from dnnpiracy.watermark import embed_watermark
@@ -114,7 +122,8 @@ def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, 
     splits = make_splits(ds.test_y, 0.05, 0)
     train = TrainConfig(arch=arch, stem=stem, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         trigger_oversample=oversample)
-    trig = None if no_watermark else TriggerConfig(num_triggers, blocks, radius, trigger_label, seed, trigger_pattern)
+    trig = None if no_watermark else TriggerConfig(num_triggers, blocks, radius, trigger_label, seed, trigger_pattern,
+                                                   scheme)
     t = embed_watermark(ds, splits, train, trig, out)
     keys = ["test_accuracy", "evaluation_accuracy", "trigger_accuracy", "fresh_trigger_accuracy"]
     click.echo(json.dumps({k: t.report.get(k) for k in keys}, indent=2))
@@ -171,9 +180,11 @@ def owner_report(watermarked, clean, out):
 @click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="target training epochs (default 3)")
 @click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True)
 @click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True)
-@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PNG pattern (alpha = mask) stamped instead of the discs (the pattern scheme)")
+@_scheme_option
 @click.option("--detector", default="default", show_default=True,
-              help="default | paper | any name of `dnnpiracy detectors`")
+              help="default | paper | any name of `dnnpiracy detectors` | ensemble:SCORER,SCORER,...")
 @click.option("--tau", type=click.FloatRange(0, None), default=None,
               help="paper rule margin (default 2 MNIST, 0.65 Fashion-MNIST)")
 @click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
@@ -199,9 +210,9 @@ def owner_report(watermarked, clean, out):
 @click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_data_dir_option
-def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector, tau, target_fpr, fpr_confidence,
-        traffic, traffic_use, surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick, out, cache_dir,
-        data_dir):
+def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, scheme, detector, tau, target_fpr,
+        fpr_confidence, traffic, traffic_use, surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick,
+        out, cache_dir, data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
     from dnnpiracy.experiments.runner import run as run_fn
@@ -209,7 +220,7 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, detector,
     train = replace(base, seed=seed, arch=arch or base.arch, epochs=epochs or base.epochs)
     cfg = RunConfig(dataset=dataset, train=train,
                     trigger=TriggerConfig(trigger_label=trigger_label, blocks=blocks, seed=seed,
-                                          pattern=trigger_pattern),
+                                          pattern=trigger_pattern, scheme=scheme),
                     detector=DetectorConfig(detector=detector, tau=tau, target_fpr=target_fpr, seed=seed,
                                             fpr_confidence=fpr_confidence or None,
                                             heatmap_layer=heatmap_layer, gan=GanConfig(epochs=gan_epochs),

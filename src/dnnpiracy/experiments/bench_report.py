@@ -108,6 +108,23 @@ def selection_scores(cells: list[dict], exclude_scheme: str | None = None) -> li
     return sorted(out, key=lambda r: (-r["pass_share"], r["mean_fnr_embedded_fresh"], r["mean_fpr"], r["terms"]))
 
 
+def mea_defender_claim(cells: list[dict], max_fpr: float = 0.0075) -> list[dict]:
+    """MEA-Defender's authors report that a LOF query detector catches about 1 % of their composite triggers at
+    0.75 % FPR.  Per dataset and seed: the share of ``halfmix`` triggers (embedded and fresh) the ``lof`` column
+    ranks above every clean score but a ``max_fpr`` share (the oracle threshold, from the cell's stored scores)."""
+    import torch
+
+    from dnnpiracy.evaluation.metrics import tpr_at_fpr
+    out = []
+    for c in cells:
+        if c["cell"]["scheme"] == "halfmix" and c["cell"]["detector"] == "lof":
+            sc = {k: torch.tensor(v) for k, v in c["scores"].items()}
+            out.append({"dataset": c["cell"]["dataset"], "seed": c["cell"]["seed"], "max_fpr": max_fpr,
+                        "tpr_embedded": tpr_at_fpr(sc["clean"], sc["triggers"], max_fpr),
+                        "tpr_fresh": tpr_at_fpr(sc["clean"], sc["fresh"], max_fpr)})
+    return sorted(out, key=lambda r: (r["dataset"], r["seed"]))
+
+
 # -------------------------------------------------------------------------------------------------------- render
 def _f(v, p=3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -153,6 +170,15 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
             L.append(f"| {scheme} | " + " | ".join(
                 f"{_f(cells[d]['fnr_mean'])} ({_f(cells[d]['fpr_mean'], 4)})" if d in cells else "-"
                 for d in dets) + " |")
+        L.append("")
+    if meta.get("mea_defender"):
+        L += ["## MEA-Defender's claim: LOF catches about 1 % of its triggers at 0.75 % FPR", "",
+              "LOF (scikit-learn, k = 20) on the target's penultimate features, fitted on the surrogate set; share of "
+              "`halfmix` triggers above the clean score that 0.75 % of clean evaluation inputs exceed (fresh: the "
+              "scheme's trigger on 500 new images, all counted here).", "",
+              "| dataset | seed | TPR embedded | TPR fresh |", "|---|---|---|---|"]
+        L += [f"| {r['dataset']} | {r['seed']} | {_f(r['tpr_embedded'])} | {_f(r['tpr_fresh'])} |"
+              for r in meta["mea_defender"]]
         L.append("")
     L += ["## Schemes", "", "| scheme | reference | what a trigger is |", "|---|---|---|"]
     L += [f"| {n} | {s['reference']} | {s['summary']} |" for n, s in summaries.items()]
@@ -230,5 +256,5 @@ def gallery_png(sets: dict[tuple[str, str], "object"], per_row: int = 5) -> byte
     return buf.getvalue()
 
 
-__all__ = ["aggregate", "meets_bar", "passes", "selection_scores", "schemes_markdown", "matrix_png", "gallery_png",
-           "clean_accuracy", "fresh_or_embedded_fnr"]
+__all__ = ["mea_defender_claim", "aggregate", "meets_bar", "passes", "selection_scores", "schemes_markdown",
+           "matrix_png", "gallery_png", "clean_accuracy", "fresh_or_embedded_fnr", "short_name", "n_terms"]

@@ -295,6 +295,7 @@ def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: st
         atomic_write_text(stem.with_suffix(".md"), selection_markdown(grid, ranking, loso, rows, meta))
         return [json_path, stem.with_suffix(".md")]
     default_name = default_detector(grid["datasets"][0])
+    meta["mea_defender"] = br.mea_defender_claim(cells)
     summaries = {n: SCHEMES[n](TriggerConfig(scheme=n)).describe() for n in grid["schemes"]}
     write_json(json_path, {"meta": {**meta, "default": default_name}, "rows": rows, "clean_baselines": clean})
     atomic_write_text(stem.with_suffix(".md"), br.schemes_markdown(rows, grid, default_name, meta, summaries))
