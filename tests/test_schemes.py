@@ -109,3 +109,26 @@ def test_fresh_triggers_of_marking_schemes_avoid_the_trigger_label(tiny):
     for name in ("content", "noise", "blend", "glyphs", "pattern"):
         fr = make_fresh_triggers(tiny.test_x, tiny.test_y, TriggerConfig(trigger_label=4, scheme=name), 50, 1)
         assert (fr.source_labels != 4).all() and len(fr) == 50
+
+
+def test_committed_table_cells_keep_their_keys_and_another_scheme_gets_its_own():
+    """Every committed cell of Tables I and V is found again under the key its configuration gives now (schemes
+    did not move the paper's cache), and the same cell with another scheme has another key and trigger."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    from dnnpiracy.config import TrainConfig
+    from dnnpiracy.experiments.reproduce import Cell
+    root = Path(__file__).resolve().parents[1] / "results" / "cells"
+    files = sorted((root / "table1").glob("*.json"))[:20] + sorted((root / "table5").glob("*.json"))[:5]
+    assert files
+    for f in files:
+        c = dict(json.loads(f.read_text())["cell"])
+        c["train"] = TrainConfig(**c["train"])
+        for k in ("taus", "target_fprs"):
+            c[k] = tuple(c[k])
+        cell = Cell(**c)
+        assert cell.key() == f.stem
+        noise = replace(cell, scheme="noise")
+        assert noise.key() != f.stem and noise.trigger_config().scheme == "noise"

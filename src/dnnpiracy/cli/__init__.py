@@ -302,9 +302,10 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--overwrite", is_flag=True, help="write OUT/tableN.* even when they hold cells this invocation will not "
               "end with (an empty or partial cache, another subset of the grid, another profile)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@_scheme_option
 @_data_dir_option
 def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, detectors,
-              overwrite, cache_dir, data_dir):
+              overwrite, cache_dir, scheme, data_dir):
     """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json.
 
     --arch/--seed/--blocks/--trigger-label/--detector run (and render) a subset of the grid; merge the caches and
@@ -323,7 +324,8 @@ def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs
         try:
             res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
                                command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only,
-                               fpr_confidence=fpr_confidence or None, only=only, overwrite=overwrite)
+                               fpr_confidence=fpr_confidence or None, only=only, overwrite=overwrite,
+                               scheme=scheme)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"table {t}: {res['meta']['cells_done']}/{res['meta']['cells_total']} cells -> "

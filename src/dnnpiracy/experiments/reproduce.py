@@ -109,9 +109,12 @@ class Cell:
     surrogate_fraction: float = DetectorConfig.surrogate_fraction
     calibration_folds: int = DetectorConfig.calibration_folds   # calibrated rule's cross-fitting (0 = leave-one-out)
     fpr_confidence: float | None = DetectorConfig.fpr_confidence  # calibrated: FPR <= target in this share
+    scheme: str = "content"                 # the owner's watermark scheme (the paper's discs by default)
 
     def key(self) -> str:
         d = asdict(self)
+        if d["scheme"] == "content":          # the paper's cells keep the keys they had before schemes
+            del d["scheme"]
         if d["surrogate_fraction"] == 0.05:    # cells at the paper's 5 % keep the keys they had before the field
             del d["surrogate_fraction"]
         if d["fpr_confidence"] is None:        # cells of the average-only rule keep the keys they had before the field
@@ -135,7 +138,13 @@ class Cell:
 
     def trigger_config(self) -> TriggerConfig:
         """The owner's watermark of the cell's target (seeded by the cell's seed)."""
-        return TriggerConfig(trigger_label=self.trigger_label, blocks=self.blocks, seed=self.seed)
+        return TriggerConfig(trigger_label=self.trigger_label, blocks=self.blocks, seed=self.seed, scheme=self.scheme)
+
+
+def table_stem(spec: dict) -> str:
+    """The file stem of a table's outputs: ``table<N>``, or ``table<N>-<scheme>`` for another watermark scheme."""
+    scheme = spec.get("scheme", "content")
+    return f"table{spec['id']}" + ("" if scheme == "content" else f"-{scheme}")
 
 
 def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
@@ -154,7 +163,8 @@ def table_cells(spec: dict, profile: Profile, dataset_name: str) -> list[Cell]:
                                           profile.gan_epochs[dataset_name], tuple(spec["taus"]),
                                           tuple(spec.get("target_fprs", [0.01])),
                                           profile.surrogate_fraction(dataset_name),
-                                          fpr_confidence=profile.fpr_confidence))
+                                          fpr_confidence=profile.fpr_confidence,
+                                          scheme=spec.get("scheme", "content")))
     return cells
 
 
@@ -440,12 +450,17 @@ def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), ca
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
               command: str = "", cached_only: bool = False,
               fpr_confidence: float | None = DetectorConfig.fpr_confidence, only: CellFilter = CellFilter(),
-              overwrite: bool = False) -> dict:
-    """Run (or resume) one table; write results/table<N>.md and .json from every finished cell."""
+              overwrite: bool = False, scheme: str = "content") -> dict:
+    """Run (or resume) one table; write results/table<N>.md and .json from every finished cell (``scheme``: the
+    owner's watermark scheme; another than the paper's writes table<N>-<scheme>.*)."""
     if profile_name not in PROFILES:
         raise ValueError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
     profile = replace(PROFILES[profile_name], fpr_confidence=fpr_confidence)
-    return reproduce_spec(load_table(table), profile, out_dir, cache_dir, data_dir, max_cells,
+    spec = load_table(table)
+    if scheme != "content":
+        spec["scheme"] = scheme
+        spec["title"] = f"{spec['title']} (watermark scheme {scheme!r})"
+    return reproduce_spec(spec, profile, out_dir, cache_dir, data_dir, max_cells,
                           progress, log, command, cached_only, only, overwrite)
 
 
@@ -475,13 +490,13 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     todo = selected if max_cells is None else selected[:max_cells]
     if cached_only:
         todo = [c for c in todo if (cache_dir / "cells" / f"{c.key()}.json").exists()]
-    previous = existing_table_meta(out_dir / f"table{table}.json")
+    previous = existing_table_meta(out_dir / f"{table_stem(spec)}.json")
     final_keys = {c.key() for c in todo}
     holds_previous, lost = guard_existing(previous, final_keys)
     if lost and not overwrite:
         raise ValueError(
-            f"{out_dir / f'table{table}.json'} holds {previous['cells_done']} finished cells; this invocation would "
-            f"end with {len(todo)}, without {lost} of them (cache {cache_dir}"
+            f"{out_dir / f'{table_stem(spec)}.json'} holds {previous['cells_done']} finished cells; this invocation "
+            f"would end with {len(todo)}, without {lost} of them (cache {cache_dir}"
             f"{', --cached-only' if cached_only else ''}{'' if only == CellFilter() else ', a subset of the grid'}): "
             "writing it would lose rows.  Render elsewhere (--out) or pass --overwrite")
     command_meta = {"command": command, "git_commit": git_commit()}
@@ -503,8 +518,8 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
                 "devices": sorted({o.get("device", "cpu (2 threads)") for o in outs}),
                 **command_meta, "bar": bar_summary(rows, default_detector(ds.name))}
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / f"table{table}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
-        atomic_write_text(out_dir / f"table{table}.md", table_markdown(spec, profile, rows, meta))
+        write_json(out_dir / f"{table_stem(spec)}.json", {"rows": rows, "meta": meta, "profile": asdict(profile)})
+        atomic_write_text(out_dir / f"{table_stem(spec)}.md", table_markdown(spec, profile, rows, meta))
         return rows, meta
 
     for cell in tqdm(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
@@ -564,7 +579,7 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
             curves.setdefault(out["detector_name"], []).append(
                 (f"{tag}, seed {cell.seed}", out["scores"]["clean"], out["scores"]["triggers"]))
     if curves:
-        path = fig_dir / f"table{table}_roc.png"
+        path = fig_dir / f"{table_stem(spec)}_roc.png"
         atomic_write_bytes(path, roc_figure(curves, f"Table {table} ({ds.name}, profile {profile.name}): ROC, "
                                                     "clean evaluation inputs vs the 15 trigger inputs"))
         written.append(path)
@@ -575,7 +590,7 @@ def write_figures(spec: dict, profile: Profile, ds: Dataset, cells: list[Cell], 
             default_detector(ds.name)))
         written.append(path)
     if table in ("1", "2") and any(r.get("target_fpr") is not None for r in rows):
-        path = fig_dir / f"table{table}_fnr_by_label.png"
+        path = fig_dir / f"{table_stem(spec)}_fnr_by_label.png"
         atomic_write_bytes(path, fnr_by_label_figure(
             rows, f"Table {table} ({ds.name}, profile {profile.name}): calibrated detectors' FNR per trigger label, "
             "embedded vs fresh triggers", BARS.get(ds.name, (None, None))[1], default_detector(ds.name)))
