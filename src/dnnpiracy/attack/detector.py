@@ -1,26 +1,18 @@
 """The attacker's trigger-input detector (paper §IV-B): heatmap of the query for the predicted label, a per-class
 scorer fitted on the surrogate set, and a threshold rule.
 
-``DETECTORS`` names the ready-made ones.  ``paper`` is the method as published (one DCGAN per label, alpha_y + tau).
-``default`` is the best design found on development targets (results/detector_selection.md, then rounds 2-11),
-chosen per dataset on that dataset's development target (``default_detector``):
+``DETECTORS`` names the ready-made ones; ``ensemble:a,b,c`` composes scorers of ``SCORERS`` (each standardised by its
+out-of-fold surrogate scores, then summed).  ``paper`` is the method as published (one DCGAN per label,
+alpha_y + tau).  ``default`` is ``ensemble-mahalanobis-stages-input-knn-patch-window`` on every dataset: the sum of
+the Mahalanobis distance of all pooled stage activations, the Mahalanobis distance of the raw input, its
+nearest-neighbour distance, its most unusual patch (``PatchKNNScorer``) and its most unusual window
+(``WindowStatsScorer``), chosen among eight candidates on development watermark schemes only
+(docs/heldout_protocol.md, results/selection/selection.md) and judged on held-out ones (results/schemes.md).
 
-- mnist-10k / MNIST: ``ensemble-mahalanobis-stages-input-knn-patch-window``, the sum of five scores, each
-  standardised by its out-of-fold surrogate scores: the Mahalanobis distance of all pooled stage activations, the
-  Mahalanobis distance of the raw input, its nearest-neighbour distance, its most unusual patch
-  (``PatchKNNScorer``) and its most unusual window (``WindowStatsScorer``) (round 11; without the window term,
-  ``ensemble-mahalanobis-stages-input-knn-patch``, in rounds 5-10).  Any other dataset gets that window-free design
-  (``DEFAULT_DETECTOR``): the window term assumes the kind of stamp (results/window_stats_limits.md).
-- Fashion-MNIST: ``ensemble-patch-dknn-window``, the most unusual 5x5 patch (``PatchKNNScorer``) plus the Deep-kNN
-  label disagreement in layer2-3 (``DkNNScorer``: how many of the 25 nearest surrogate images carry another label
-  than the predicted one) plus the window whose (mean, std) no surrogate window has (``WindowStatsScorer``), each
-  standardised (round 10; without the window term, ``ensemble-patch-dknn``, in rounds 8-9; the patch score alone
-  in rounds 6-7).
-
-Both are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 % confidence over
-the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  The earlier defaults
-(``ensemble-mahalanobis-stages-input-knn-patch``, ``ensemble-patch-dknn``, ``patch-input-p5``,
-``ensemble-mahalanobis-stages-input-knn``, ``ensemble-stages-input``) stay selectable.
+Calibrated detectors are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 %
+confidence over the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  Earlier defaults
+(``ensemble-patch-dknn-window`` for Fashion-MNIST, ``ensemble-mahalanobis-stages-input-knn-patch``, ...) stay
+selectable; docs/detector_selection.md tells how each was chosen.
 """
 
 from __future__ import annotations
@@ -157,30 +149,12 @@ DETECTORS: dict[str, DetectorSpec] = {
     "paper-calibrated": DetectorSpec("dcgan", "calibrated", description="paper's scorer, calibrated threshold"),
     **{name: DetectorSpec(name, "calibrated") for name in SCORERS if name != "dcgan"},
 }
-DEFAULT_DETECTOR = "ensemble-mahalanobis-stages-input-knn-patch"
-# Per dataset, each chosen on that dataset's development targets, 8 surrogate draws of the paper's 500 images, 90 %
-# confidence rule (results/detector_selection_round6.md; criterion fixed before the run: the share of draws meeting
-# the bar, averaged over FNR on the 15 embedded triggers and on fresh triggers, and over the dataset's development
-# targets).  mnist-10k: the patch term added to the round-2 design, 1.00 (0.69 without it).  Fashion-MNIST: the
-# 5x5 patch score, 0.31, before the 7x7 one (0.28, round 5's choice) and the round-2 design (0.03); on the Shirt
-# development target no candidate meets the bar in any draw.  Round 7 (top-k window means, three window sizes
-# summed) beat neither default by the 0.1 fixed beforehand (results/detector_selection_round7.md).  Round 8 (same
-# protocol and rule, results/detector_selection_round8.md): on Fashion-MNIST the 5x5 patch score plus Deep-kNN label
-# disagreement in layer2-3 scores 0.53 against 0.31 and becomes the default there; with layer1 added it ties exactly
-# (0.53), and the smaller design was kept (it also has the lower fresh-trigger FNR on both targets).  On mnist-10k
-# adding the same term ties the default (1.00), which stays.  Round 9 (results/detector_selection_round9.md): the
-# Deep-kNN votes weighted by the softmax margin catch more embedded triggers but fewer fresh ones; 0.47 against 0.53
-# on Fashion-MNIST, a tie on the embedded triggers and a loss on fresh ones on mnist-10k: both defaults stay.  Round 10
-# (results/detector_selection_round10.md): the most unusual window's (mean, std) pair (WindowStatsScorer) scores 1.00
-# on Fashion-MNIST alone and added to the default, against 0.53; of the two tied designs the one that keeps the patch
-# and Deep-kNN evidence became the default (the window term alone is blind to triggers that are not flat).  On
-# mnist-10k adding it ties the default (1.00), which stays.  Round 11 (mnist-10k only,
-# results/detector_selection_round11.md; rule written down before the run): FNR on the trigger stamped on the
-# trigger label's own images (Table I's last miss) falls from 0.046 to 0.010 with the window term added, the shares
-# of draws meeting the bar tie (1.00 on both development targets), so the window design is mnist-10k's default now.
-DEFAULT_BY_DATASET = {"fashion-mnist": "ensemble-patch-dknn-window",
-                      "mnist-10k": "ensemble-mahalanobis-stages-input-knn-patch-window",
-                      "mnist": "ensemble-mahalanobis-stages-input-knn-patch-window"}
+# One design for every dataset, chosen by the held-out protocol (docs/heldout_protocol.md, committed before the run):
+# the candidate passing the most development targets (watermark schemes content, glyphs, noise, unrelated on
+# Fashion-MNIST and mnist-10k; results/selection/selection.md).  The earlier per-dataset choices (made on the paper's
+# white discs alone) are in docs/detector_selection.md; they stay selectable by name.
+DEFAULT_DETECTOR = "ensemble-mahalanobis-stages-input-knn-patch-window"
+DEFAULT_BY_DATASET: dict[str, str] = {}
 
 
 def default_detector(dataset: str | None = None) -> str:
