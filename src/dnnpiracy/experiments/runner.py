@@ -24,7 +24,7 @@ from dnnpiracy.io import git_commit
 from dnnpiracy.models import arch_info
 from dnnpiracy.watermark import Target, embed_watermark
 
-# The CPU profile: what fits this 2-core machine (see README "Design decisions").  The paper's own values live in
+# The CPU profile: what fits this 2-core machine (see docs/design.md).  The paper's own values live in
 # TrainConfig's defaults (ResNet-34, 15 epochs).
 CPU_TRAIN = TrainConfig(arch="resnet18", epochs=3, trigger_oversample=20)
 QUICK_TRAIN = TrainConfig(arch="small-cnn", epochs=2, lr=1e-3, trigger_oversample=20)  # smoke run: a larger lr
@@ -37,7 +37,7 @@ class RunConfig:
     train: TrainConfig = CPU_TRAIN
     trigger: TriggerConfig = TriggerConfig()
     detector: DetectorConfig = DetectorConfig()
-    strategy: str = "uniform-other"   # the paper answers uniformly at random; see README "Deviations"
+    strategy: str = "uniform-other"   # the paper answers uniformly at random; see docs/results_notes.md (deviations)
     significance: float = 0.01
     data_dir: str | None = None
 

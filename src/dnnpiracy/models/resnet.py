@@ -11,7 +11,7 @@ stem           layers                             stage sizes on 28x28        no
 ``cifar``      conv3x3/1 + BN + ReLU              layer1..4: 28, 14, 7, 4     ~10-16x the compute
 =============  =================================  ==========================  ================================
 
-The README's model table gives the measured cost of each (``dnnpiracy models --measure``).
+docs/design.md's model table gives the measured cost of each (``dnnpiracy models --measure``).
 """
 
 from __future__ import annotations
