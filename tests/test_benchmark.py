@@ -134,3 +134,22 @@ def test_lof_scorer_matches_scikit_learn_and_flags_a_planted_outlier():
     sk = LocalOutlierFactor(n_neighbors=20, novelty=True).fit(ref.double().numpy())
     assert torch.allclose(s.double(), torch.from_numpy(-sk.score_samples(queries.double().numpy())), atol=1e-5)
     assert int(s.argmax()) == 20 and s[20] > 2 and s[:20].median() < 1.3     # inliers score about 1
+
+
+def test_cli_lists_few_detectors_and_every_scheme():
+    from click.testing import CliRunner
+
+    from dnnpiracy.attack import USER_DETECTORS
+    from dnnpiracy.cli import main
+    from dnnpiracy.watermark import SCHEMES
+    out = CliRunner().invoke(main, ["detectors"])
+    assert out.exit_code == 0
+    listed = [line.split()[0] for line in out.output.splitlines()[:len(USER_DETECTORS)]]
+    assert listed == list(USER_DETECTORS) and len(listed) <= 10
+    assert all(len(line) <= 120 for line in out.output.splitlines())
+    full = CliRunner().invoke(main, ["detectors", "--all"])
+    assert "ensemble-patch-dknn-window" in full.output
+    sch = CliRunner().invoke(main, ["schemes", "--json"])
+    assert [r["scheme"] for r in json.loads(sch.output)] == list(SCHEMES)
+    bad = CliRunner().invoke(main, ["run", "--scheme", "nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output

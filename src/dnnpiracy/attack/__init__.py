@@ -5,6 +5,7 @@ from dnnpiracy.attack.detector import (
                                        DEFAULT_DETECTOR,
                                        DETECTORS,
                                        SCORERS,
+                                       USER_DETECTORS,
                                        Detector,
                                        DetectorSpec,
                                        Inspection,
@@ -30,7 +31,8 @@ from dnnpiracy.attack.scorers import (
                                        WindowStatsScorer,
 )
 
-__all__ = ["build_scorer", "DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector", "check_cross_fitting",
+__all__ = ["USER_DETECTORS", "build_scorer", "DEFAULT_DETECTOR", "DEFAULT_BY_DATASET", "default_detector",
+           "check_cross_fitting",
            "DETECTORS", "SCORERS", "Detector", "DetectorSpec", "Inspection", "fit_detector",
            "make_cam", "resolve_spec", "CAM", "CAM_METHODS", "GradCAM", "GradCAMPlusPlus", "Probe", "minmax_scale",
            "PiratedAnswer", "PiratedClassifier", "replacement_labels", "DCGANScorer", "DkNNScorer", "EnsembleScorer",

@@ -157,6 +157,21 @@ DEFAULT_DETECTOR = "ensemble-mahalanobis-stages-input-knn-patch-window"
 DEFAULT_BY_DATASET: dict[str, str] = {}
 
 
+# The handful of names a user chooses between (``dnnpiracy detectors``); every other registered name is an
+# exploratory design kept for the selection tooling and for re-rendering earlier results (``detectors --all``).
+USER_DETECTORS: dict[str, str] = {
+    "default": "the held-out protocol's choice: stage + input Mahalanobis, input kNN, patch, window (summed)",
+    "paper": "the paper: per-class DCGAN discriminator on Grad-CAM heatmaps, threshold alpha_y + tau",
+    "paper-calibrated": "the paper's DCGAN scorer with the calibrated (conformal) threshold",
+    "mahalanobis-stages": "one Mahalanobis distance over all pooled stage activations (reads the target)",
+    "dknn": "Deep kNN: how many early-stage neighbours carry another label (reads the target)",
+    "lof": "Local Outlier Factor on penultimate features (scikit-learn; MEA-Defender's test)",
+    "patch-input": "the query's most unusual input patch against the surrogate set's",
+    "window-stats": "the most unusual flat window (assumes a solid stamp)",
+    "ensemble:A,B,...": "compose any scorers: each standardised on out-of-fold scores, then summed",
+}
+
+
 def default_detector(dataset: str | None = None) -> str:
     """The detector ``default`` names for ``dataset`` (DEFAULT_DETECTOR where no per-dataset choice exists)."""
     return DEFAULT_BY_DATASET.get(dataset or "", DEFAULT_DETECTOR)
@@ -359,7 +374,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
                     surrogate_y.clone())
 
 
-__all__ = ["DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR",
+__all__ = ["USER_DETECTORS", "DetectorSpec", "Detector", "Inspection", "DETECTORS", "SCORERS", "DEFAULT_DETECTOR",
            "DEFAULT_BY_DATASET", "default_detector", "resolve_spec", "build_scorer", "ensemble_parts",
            "check_cross_fitting",
            "make_cam", "fit_detector", "GanConfig"]

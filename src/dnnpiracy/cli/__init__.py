@@ -400,19 +400,22 @@ def traffic_fit(tables, profile, target_fpr, n_traffic, repeats, max_clean, out,
 
 
 @main.command()
-def detectors():
-    """List the available detectors."""
-    from dnnpiracy.attack import DEFAULT_BY_DATASET, DEFAULT_DETECTOR, DETECTORS
-    width = max(map(len, DETECTORS))
-    for name, spec in DETECTORS.items():
-        on = [d for d, n in DEFAULT_BY_DATASET.items() if n == name]
-        mark = ""
-        if name == DEFAULT_DETECTOR:
-            rest = [d for d in DATASET_CHOICES if d not in DEFAULT_BY_DATASET]
-            mark = f"  (default on {', '.join(rest + ['any other dataset'])})"
-        elif on:
-            mark = f"  (default on {', '.join(on)})"
-        click.echo(f"{name:{width}s} scorer={spec.scorer:{width}s} rule={spec.rule}{mark}  {spec.description}")
+@click.option("--all", "show_all", is_flag=True,
+              help="also list the exploratory designs kept for the selection tooling")
+def detectors(show_all):
+    """List the detectors a user chooses between (--all: every registered name)."""
+    from dnnpiracy.attack import DEFAULT_DETECTOR, DETECTORS, USER_DETECTORS
+    width = max(map(len, USER_DETECTORS))
+    for name, what in USER_DETECTORS.items():
+        click.echo(f"{name:{width}s}  {what}")
+    click.echo(f"\n`default` is {DEFAULT_DETECTOR} on every dataset (docs/heldout_protocol.md).")
+    rest = [n for n in DETECTORS if n not in USER_DETECTORS]
+    if show_all:
+        click.echo(f"\n{len(rest)} exploratory designs (docs/detector_selection.md):")
+        for name in rest:
+            click.echo(f"  {name}")
+    else:
+        click.echo(f"{len(rest)} exploratory designs more: dnnpiracy detectors --all")
 
 
 # ------------------------------------------------------------------------------------------------ bench
