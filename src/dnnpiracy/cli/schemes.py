@@ -11,6 +11,29 @@ import click
 from dnnpiracy.cli import main
 
 
+def executor_options(f):
+    """--executor local|ray and the Ray resources of one job (one target and its cells)."""
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="run the grid's jobs (one per target) in this process, or as Ray tasks (pip install "
+                          "-e '.[ray]')"),
+        click.option("--ray-address", default=None,
+                     help="join a running Ray cluster ('auto' or 'ray://HOST:PORT'); default: a local instance"),
+        click.option("--cpus-per-cell", type=click.FloatRange(0, None, min_open=True), default=1.0,
+                     show_default=True, help="Ray: CPUs per job (also its torch threads)"),
+        click.option("--gpus-per-cell", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                     help="Ray: GPUs per job; fractions share a GPU (0.5: two jobs per GPU)"),
+        click.option("--ray-num-cpus", type=click.IntRange(1, None), default=None,
+                     help="Ray: CPUs a local instance may use (default: all)")]):
+        f = opt(f)
+    return f
+
+
+def ray_options(address, cpus, gpus, num_cpus):
+    from dnnpiracy.experiments.executor import RayOptions
+    return RayOptions(address=address, cpus_per_job=cpus, gpus_per_job=gpus, num_cpus=num_cpus)
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 def schemes(as_json):
@@ -41,7 +64,9 @@ def schemes(as_json):
 @click.option("--seed", "seeds", type=int, multiple=True, help="run only this seed's targets (repeatable)")
 @click.option("--detector", "detectors", multiple=True,
               help="compute only this column (repeatable; a design name, as the grid lists it)")
-def benchmark(grid, out, cache_dir, targets_only, cached_only, datasets, seeds, detectors):
+@executor_options
+def benchmark(grid, out, cache_dir, targets_only, cached_only, datasets, seeds, detectors, executor, ray_address,
+              cpus_per_cell, gpus_per_cell, ray_num_cpus):
     """The scheme x detector matrix (cached and resumable): every scheme's targets, every detector column, the
     owner's verdicts; renders results/schemes.md + .json and its figures."""
     from dnnpiracy.experiments.benchmark import load_grid, render, run_grid
@@ -50,7 +75,8 @@ def benchmark(grid, out, cache_dir, targets_only, cached_only, datasets, seeds, 
     failed = []
     if not cached_only:
         res = run_grid(spec, cache_dir, targets_only=targets_only, only_datasets=datasets, only_seeds=seeds,
-                       detectors=detectors, log=lambda m: click.echo(m, err=True))
+                       detectors=detectors, log=lambda m: click.echo(m, err=True), executor=executor,
+                       ray_options=ray_options(ray_address, cpus_per_cell, gpus_per_cell, ray_num_cpus))
         failed = res["failed"]
         for f in failed:
             click.echo(f"failed: {f['target']}: {f['error']}", err=True)

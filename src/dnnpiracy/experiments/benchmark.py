@@ -16,15 +16,15 @@ from __future__ import annotations
 import time
 import tomllib
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from dnnpiracy.attack import default_detector, fit_detector, make_cam, resolve_spec
 from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConfig, paper_tau
 from dnnpiracy.data import Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
+from dnnpiracy.experiments.executor import RayOptions, map_jobs
 from dnnpiracy.experiments.reproduce import PROFILES, compute_device
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import git_commit, read_json, write_json
@@ -189,29 +189,38 @@ def _run_cell(cell: BenchCell, ds, target, fresh, splits, probes, info) -> dict:
 
 def run_grid(grid: dict, cache_dir: Path | None = None, targets_only: bool = False, progress: bool = True,
              log=print, only_datasets: tuple[str, ...] = (), only_seeds: tuple[int, ...] = (),
-             detectors: tuple[str, ...] = ()) -> dict:
-    """Build every target of ``grid`` and (unless ``targets_only``) every cell.  Returns {"cells": [...],
-    "failed": [...], "seconds": wall}.  A cell or target that fails is reported with its error; the rest go on."""
+             detectors: tuple[str, ...] = (), executor: str = "local", ray_options: RayOptions | None = None) -> dict:
+    """Build every target of ``grid`` and (unless ``targets_only``) every cell, one job per target, in this process
+    or as Ray tasks (``executor``).  Returns {"cells": [...], "failed": [...], "seconds": wall}; a target that fails
+    is reported with its error and the rest go on."""
     cache_dir = Path(cache_dir or default_cache_dir())
     t0 = time.perf_counter()
-    targets = [t for t in grid_targets(grid) if (not only_datasets or t.dataset in only_datasets)
-               and (not only_seeds or t.seed in only_seeds)]
-    datasets: dict[str, Dataset] = {}
-    outs, failed = [], []
-    bar = tqdm(targets, desc=f"grid {grid['name']}", unit="target", disable=not progress, mininterval=5)
-    for t in bar:
-        bar.set_postfix_str(f"{t.dataset} {t.scheme or 'clean'} seed {t.seed}", refresh=False)
-        ds = datasets.get(t.dataset) or datasets.setdefault(t.dataset, load_dataset(t.dataset))
-        try:
-            if targets_only or t.scheme is None:
-                get_target(ds, t.target_splits(ds), t.train, t.trigger_config(), cache_dir, False, log)
-                continue
-            dets = [d for d in designs(grid, t.dataset) if not detectors or d in detectors]
-            outs += run_target(t, dets, ds, cache_dir, False, log)
-        except Exception as exc:   # noqa: BLE001 - one failed target must not lose the grid
-            failed.append({"target": asdict(t), "error": f"{type(exc).__name__}: {exc}"})
-            log(f"FAILED {t}: {exc}")
-    return {"cells": outs, "failed": failed, "seconds": time.perf_counter() - t0}
+    jobs = [(t, [] if targets_only or t.scheme is None else
+             [d for d in designs(grid, t.dataset) if not detectors or d in detectors], str(cache_dir))
+            for t in grid_targets(grid)
+            if (not only_datasets or t.dataset in only_datasets) and (not only_seeds or t.seed in only_seeds)]
+    results, failed = map_jobs(target_job, jobs, executor, ray_options, progress, f"grid {grid['name']}",
+                               label=lambda j: f"{j[0].dataset} {j[0].scheme or 'clean'} seed {j[0].seed}", log=log)
+    return {"cells": [c for r in results for c in r], "failed": failed, "seconds": time.perf_counter() - t0}
+
+
+def target_job(job: tuple[SchemeTarget, list[str], str]) -> list[dict]:
+    """One job of the grid: train or reuse the target, then compute its missing cells (``dets``; none: only the
+    target).  Module-level, so a Ray worker can import it."""
+    t, dets, cache_dir = job
+    cache = Path(cache_dir)
+    if dets and all(cell_path(cache, BenchCell(t, d)).exists() for d in dets):
+        return [read_json(cell_path(cache, BenchCell(t, d))) for d in dets]
+    ds = _dataset(t.dataset)
+    if not dets:
+        get_target(ds, t.target_splits(ds), t.train, t.trigger_config(), cache, False, lambda _m: None)
+        return []
+    return run_target(t, dets, ds, cache, False, lambda _m: None)
+
+
+@lru_cache(maxsize=2)
+def _dataset(name: str) -> Dataset:
+    return load_dataset(name)
 
 
 def scheme_summary(cfg_scheme: str, dataset: str) -> dict:
