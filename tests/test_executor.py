@@ -106,3 +106,28 @@ def test_an_interrupted_driver_resumes_without_recomputing_a_cell(tmp_path, exec
     after = _cells(cache)
     assert len(after) == 8
     assert {n: (cache / "bench_cells" / n).stat().st_mtime_ns for n in first} == first   # none computed twice
+
+
+def test_reproduce_on_ray_renders_the_local_executors_table(tmp_path):
+    ray = pytest.importorskip("ray")
+    from dnnpiracy.experiments.reproduce import Profile, reproduce_spec
+    spec = {"id": "1", "title": "tiny", "dataset": "digits-tiny", "trigger_labels": [0, 1], "archs": ["small-cnn"],
+            "blocks": [4], "taus": [2.0], "detectors": ["knn-input", "mahalanobis-stages"], "seeds": [0],
+            "target_fprs": [0.1]}
+    prof = Profile("test", {"digits-tiny": 2}, {"digits-tiny": 2}, {}, True, "tiny test profile", {"digits-tiny": 0.2})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = reproduce_spec(spec, prof, tmp_path / "a", tmp_path / "ca", progress=False, log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        remote = reproduce_spec(spec, prof, tmp_path / "b", tmp_path / "cb", progress=False, log=lambda m: None,
+                                executor="ray", ray_options=RayOptions(cpus_per_job=1))
+    finally:
+        ray.shutdown()
+    strip = ("wall_seconds", "compute_seconds", "cell_seconds", "devices", "command", "git_commit")
+    assert local["rows"] == remote["rows"]
+    assert {k: v for k, v in local["meta"].items() if k not in strip} == \
+        {k: v for k, v in remote["meta"].items() if k not in strip}

@@ -46,6 +46,16 @@ def main(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _executor_options(f):
+    from dnnpiracy.cli.options import executor_options
+    return executor_options(f)
+
+
+def _ray_options(address, cpus, gpus, num_cpus):
+    from dnnpiracy.cli.options import ray_options
+    return ray_options(address, cpus, gpus, num_cpus)
+
+
 def _data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False), envvar="DNNPIRACY_DATA", default=None,
                          help="data folder (default $DNNPIRACY_DATA or ~/.cache/dnnpiracy/data)")(f)
@@ -304,8 +314,10 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
 @_scheme_option
 @_data_dir_option
+@_executor_options
 def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs, seeds, blocks, labels, detectors,
-              overwrite, cache_dir, scheme, data_dir):
+              overwrite, cache_dir, scheme, data_dir, executor, ray_address, cpus_per_cell, gpus_per_cell,
+              ray_num_cpus):
     """Reproduce the paper's Table N (cached, resumable): writes OUT/tableN.md and .json.
 
     --arch/--seed/--blocks/--trigger-label/--detector run (and render) a subset of the grid; merge the caches and
@@ -325,7 +337,8 @@ def reproduce(table, profile, out, max_cells, cached_only, fpr_confidence, archs
             res = reproduce_fn(t, profile, Path(out), Path(cache_dir) if cache_dir else None, data_dir, max_cells,
                                command=" ".join(["dnnpiracy", *sys.argv[1:]]), cached_only=cached_only,
                                fpr_confidence=fpr_confidence or None, only=only, overwrite=overwrite,
-                               scheme=scheme)
+                               scheme=scheme, executor=executor,
+                               ray_options=_ray_options(ray_address, cpus_per_cell, gpus_per_cell, ray_num_cpus))
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
         click.echo(f"table {t}: {res['meta']['cells_done']}/{res['meta']['cells_total']} cells -> "

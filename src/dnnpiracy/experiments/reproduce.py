@@ -450,7 +450,7 @@ def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), ca
               data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
               command: str = "", cached_only: bool = False,
               fpr_confidence: float | None = DetectorConfig.fpr_confidence, only: CellFilter = CellFilter(),
-              overwrite: bool = False, scheme: str = "content") -> dict:
+              overwrite: bool = False, scheme: str = "content", executor: str = "local", ray_options=None) -> dict:
     """Run (or resume) one table; write results/table<N>.md and .json from every finished cell (``scheme``: the
     owner's watermark scheme; another than the paper's writes table<N>-<scheme>.*)."""
     if profile_name not in PROFILES:
@@ -461,14 +461,15 @@ def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), ca
         spec["scheme"] = scheme
         spec["title"] = f"{spec['title']} (watermark scheme {scheme!r})"
     return reproduce_spec(spec, profile, out_dir, cache_dir, data_dir, max_cells,
-                          progress, log, command, cached_only, only, overwrite)
+                          progress, log, command, cached_only, only, overwrite, executor, ray_options)
 
 
 def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results"), cache_dir: Path | None = None,
                    data_dir: str | None = None, max_cells: int | None = None, progress: bool = True, log=print,
                    command: str = "", cached_only: bool = False, only: CellFilter = CellFilter(),
-                   overwrite: bool = False) -> dict:
-    """Run (or resume) the table's cells in order and render it; ``cached_only`` renders the finished cells alone
+                   overwrite: bool = False, executor: str = "local", ray_options=None) -> dict:
+    """Run (or resume) the table's cells in order and render it (``executor="ray"``: the cells are first computed
+    as Ray tasks, one per target, then rendered from the cache); ``cached_only`` renders the finished cells alone
     (e.g. cells computed on another machine and merged into the cache) and computes nothing; ``only`` restricts
     both to a subset of the grid.
 
@@ -522,6 +523,8 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
         atomic_write_text(out_dir / f"{table_stem(spec)}.md", table_markdown(spec, profile, rows, meta))
         return rows, meta
 
+    if executor != "local" and not cached_only:
+        compute_remote(spec, todo, data_dir, cache_dir, executor, ray_options, progress, log)
     for cell in tqdm(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
         log_path = cache_dir / "logs" / f"{cell.key()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -537,6 +540,32 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
     rows, meta = write_tables()
     write_figures(spec, profile, ds, done_cells, outs, rows, out_dir, cache_dir, train_missing=not cached_only)
     return {"rows": rows, "meta": meta}
+
+
+def compute_remote(spec: dict, cells: list[Cell], data_dir, cache_dir: Path, executor: str, ray_options, progress,
+                   log) -> None:
+    """Compute the unfinished ``cells`` through ``executor``, one job per target (no two jobs build one target)."""
+    from dnnpiracy.experiments.executor import map_jobs
+    groups: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        if not (cache_dir / "cells" / f"{c.key()}.json").exists():
+            groups.setdefault((c.dataset, c.train, c.trigger_config(), c.seed), []).append(c)
+    jobs = [(g, spec, data_dir, str(cache_dir)) for g in groups.values()]
+    _, failed = map_jobs(cells_job, jobs, executor, ray_options, progress, f"table {spec['id']}",
+                         label=lambda j: f"{j[0][0].arch} label {j[0][0].trigger_label} blocks {j[0][0].blocks} "
+                                         f"seed {j[0][0].seed}", log=log)
+    if failed:
+        raise RuntimeError(f"{len(failed)} of {len(jobs)} targets failed; the finished cells are cached: "
+                           + "; ".join(f"{f['job']}: {f['error']}" for f in failed))
+
+
+def cells_job(job: tuple) -> int:
+    """One target's cells (module-level, so a Ray worker can import it); returns how many were computed."""
+    cells, spec, data_dir, cache_dir = job
+    ds = resolve_dataset(spec["dataset"], data_dir)
+    for c in cells:
+        run_cell(c, spec, ds, Path(cache_dir), False, lambda _m: None)
+    return len(cells)
 
 
 def guard_existing(previous: dict | None, final_keys: set[str]) -> tuple[Callable[[set[str]], bool], int]:

@@ -1,0 +1,28 @@
+"""Options shared by several commands (no import of the command group here, so any command module can use them)."""
+
+from __future__ import annotations
+
+import click
+
+
+def executor_options(f):
+    """--executor local|ray and the Ray resources of one job (one target and its cells)."""
+    for opt in reversed([
+        click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="run the grid's jobs (one per target) in this process, or as Ray tasks (pip install "
+                          "-e '.[ray]')"),
+        click.option("--ray-address", default=None,
+                     help="join a running Ray cluster ('auto' or 'ray://HOST:PORT'); default: a local instance"),
+        click.option("--cpus-per-cell", type=click.FloatRange(0, None, min_open=True), default=1.0,
+                     show_default=True, help="Ray: CPUs per job (also its torch threads)"),
+        click.option("--gpus-per-cell", type=click.FloatRange(0, None), default=0.0, show_default=True,
+                     help="Ray: GPUs per job; fractions share a GPU (0.5: two jobs per GPU)"),
+        click.option("--ray-num-cpus", type=click.IntRange(1, None), default=None,
+                     help="Ray: CPUs a local instance may use (default: all)")]):
+        f = opt(f)
+    return f
+
+
+def ray_options(address, cpus, gpus, num_cpus):
+    from dnnpiracy.experiments.executor import RayOptions
+    return RayOptions(address=address, cpus_per_job=cpus, gpus_per_job=gpus, num_cpus=num_cpus)
