@@ -470,6 +470,7 @@ def bench(arch, target_dir, detector_names, batch_sizes, dataset, seconds, round
 
 
 from dnnpiracy.cli import schemes as _schemes  # noqa: E402,F401  (registers `schemes` and `benchmark`)
+from dnnpiracy.cli import serve as _serve  # noqa: E402,F401  (fit-detector, serve, bench-http, verify --url)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
