@@ -132,6 +132,11 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
     assert rep["traffic_size"] == 40 and rep["detector_spec"]["threshold_source"] == "traffic"
     assert rep["detector_spec"]["n_traffic"] == 40 and rep["n_clean"] == rep["evaluation_size"]
     assert rep["surrogate_size"] == 40 and rep["evaluation_size"] + 40 + 40 == 200   # digits-tiny: 200 test images
+    # a second run into the same folder is refused before anything is computed; the first run's report stays
+    before = (tmp_path / "run" / "report.json").read_bytes()
+    res = r.invoke(main, [*base, "--traffic", "40", "--target-fpr", "0.05", "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "already holds a run" in res.output
+    assert (tmp_path / "run" / "report.json").read_bytes() == before
     res = r.invoke(main, [*base, "--traffic", "40", "--traffic-use", "fit", "--target-fpr", "0.05", "--out",
                           str(tmp_path / "fit")])
     assert res.exit_code == 0, res.output
@@ -143,6 +148,18 @@ def test_run_with_traffic_calibrated_threshold(tmp_path):
                           "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "calibrated detector" in res.output
     assert not (tmp_path / "cache2" / "targets").exists()          # rejected before any training
+
+
+def test_run_without_out_writes_a_new_folder_and_links_latest(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = ["run", "--quick", "--dataset", "digits-tiny", "--detector", "knn-input", "--surrogate-fraction", "0.2",
+            "--cache-dir", str(tmp_path / "cache"), "--seed", "3"]
+    res = CliRunner().invoke(main, base)
+    assert res.exit_code == 0, res.output
+    runs = [p for p in (tmp_path / "runs").iterdir() if p.name != "latest"]
+    assert len(runs) == 1 and runs[0].name.startswith("digits-tiny-content-label0-")
+    assert (tmp_path / "runs" / "latest").resolve() == runs[0].resolve()
+    assert (tmp_path / "runs" / "latest" / "report.json").exists()
 
 
 def test_calibrated_rule_with_one_surrogate_input_per_class_is_rejected_before_training(tmp_path):
@@ -158,3 +175,18 @@ def test_traffic_studies_reject_bad_tables(tmp_path):
     for cmd in ("traffic-calibration", "traffic-fit"):
         res = r.invoke(main, [cmd, "--tables", "1,5", "--cache-dir", str(tmp_path)])
         assert res.exit_code == 2 and "tables must be among 1,2,3,4" in res.output
+
+
+def test_artifacts_get_the_usual_file_mode(tmp_path):
+    import os
+    import stat
+
+    from dnnpiracy.io import atomic_write_text, save_tensors
+    old = os.umask(0o022)
+    try:
+        a = atomic_write_text(tmp_path / "a.txt", "x")
+        b = save_tensors(tmp_path / "t.safetensors", {"x": torch.zeros(2)}, {"k": 1})
+    finally:
+        os.umask(old)
+    for p in (a, b, b.with_suffix(".json")):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o644, p

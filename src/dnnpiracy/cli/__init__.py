@@ -56,6 +56,17 @@ def _ray_options(address, cpus, gpus, num_cpus):
     return ray_options(address, cpus, gpus, num_cpus)
 
 
+def _link_latest(out: Path) -> None:
+    """Point runs/latest at the newest run folder (a symbolic link; a real folder of that name is left alone)."""
+    latest = Path("runs") / "latest"
+    if latest.exists() and not latest.is_symlink():
+        return
+    tmp = latest.with_name(".latest.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.resolve(), target_is_directory=True)
+    tmp.replace(latest)
+
+
 def _data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False), envvar="DNNPIRACY_DATA", default=None,
                          help="data folder (default $DNNPIRACY_DATA or ~/.cache/dnnpiracy/data)")(f)
@@ -217,13 +228,22 @@ def owner_report(watermarked, clean, out):
               help="label for flagged queries: uniform (paper), uniform-other, runner-up")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="smoke run: small CNN, 2 epochs, lr 1e-3 (about 1 minute)")
-@click.option("--out", type=click.Path(file_okay=False), default="runs/latest", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="run folder (default: a new runs/<dataset>-<scheme>-<time>/, linked as runs/latest)")
+@click.option("--overwrite", is_flag=True, help="allow --out to name a folder that already holds a run")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE",
+              help="trained-target cache (default $DNNPIRACY_CACHE or ~/.cache/dnnpiracy/runs)")
 @_data_dir_option
 def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, scheme, detector, tau, target_fpr,
         fpr_confidence, traffic, traffic_use, surrogate_fraction, gan_epochs, heatmap_layer, strategy, seed, quick,
-        out, cache_dir, data_dir):
+        out, overwrite, cache_dir, data_dir):
     """End to end: watermark a target (or reuse it), fit the detector, evaluate; writes OUT/report.json."""
+    import time as _time
+    link_latest = out is None
+    if out is None:
+        out = Path("runs") / f"{dataset}-{scheme}-label{trigger_label}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    elif (Path(out) / "report.json").exists() and not overwrite:
+        raise click.UsageError(f"{out} already holds a run (report.json); choose another --out or pass --overwrite")
     from dnnpiracy.experiments.runner import CPU_TRAIN, QUICK_TRAIN, RunConfig
     from dnnpiracy.experiments.runner import run as run_fn
     base = QUICK_TRAIN if quick else CPU_TRAIN
@@ -238,6 +258,8 @@ def run(dataset, arch, epochs, trigger_label, blocks, trigger_pattern, scheme, d
                                             surrogate_fraction=surrogate_fraction),
                     strategy=strategy, data_dir=data_dir)
     run_fn(cfg, out, Path(cache_dir) if cache_dir else None)
+    if link_latest:
+        _link_latest(Path(out))
     click.echo((Path(out) / "summary.md").read_text())
     click.echo(f"wrote {Path(out) / 'report.json'}, summary.md, figure.png")
 
