@@ -8,14 +8,21 @@ DATA_DIR="${DNNPIRACY_DATA:-$HOME/.cache/dnnpiracy/data}"
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. the package (torch pinned to the CPU build; no torchvision)
+# 1. the package (torch pinned to the CPU build; no torchvision).  EXTRAS=dev,ray also installs Ray (--executor ray).
 HERE="$(pwd)/src/dnnpiracy"
-if [ "$("$PY" -c 'import dnnpiracy, pytest, hypothesis, os; print(os.path.dirname(dnnpiracy.__file__))' 2>/dev/null)" = "$HERE" ] \
+EXTRAS="${EXTRAS:-dev}"
+CHECK="import dnnpiracy, pytest, hypothesis, schemathesis, fastapi, sklearn, os"
+case ",$EXTRAS," in *,ray,*) CHECK="$CHECK, ray" ;; esac
+if [ "$("$PY" -c "$CHECK; print(os.path.dirname(dnnpiracy.__file__))" 2>/dev/null)" = "$HERE" ] \
    && [ "${FORCE:-0}" != 1 ]; then
   say "python package already installed from this checkout"
 else
-  say "installing the python package and dev tools (pip)"
-  "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+  say "installing the python package and its extras [$EXTRAS] (pip)"
+  if ! "$PY" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"; then
+    say "pip failed. On a stock Debian/Ubuntu python3 ('externally-managed-environment'), make a virtual"
+    say "environment first: python3 -m venv .venv && . .venv/bin/activate, then run this script again."
+    exit 1
+  fi
 fi
 
 # 2. Fashion-MNIST from Debian (60k/10k IDX files under /usr/share/datasets/fashion-mnist)
