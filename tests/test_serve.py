@@ -193,6 +193,10 @@ def test_failed_save_leaves_no_partial_folder_and_keeps_the_previous_artifact(se
     (tmp_path / "notes" / "mine.txt").write_text("x")
     with pytest.raises(ArtifactError, match="not a detector artifact"):
         save_detector(det, tmp_path / "notes", meta)
+    res = CliRunner().invoke(main, ["fit-detector", "--model", str(served["model_dir"]), "--out",
+                                    str(tmp_path / "notes"), "--detector", "knn-input", "--surrogate-fraction", "0.5"])
+    assert res.exit_code == 2 and "not a detector artifact" in res.output and "fitting" not in res.output
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "x"
 
 
 # ----------------------------------------------------------------------------------------------- the app

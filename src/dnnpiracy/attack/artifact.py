@@ -338,6 +338,13 @@ def _is_detector_dir(path: Path) -> bool:
         return False
 
 
+def check_out_dir(out_dir: str | Path) -> None:
+    """Refuse to write a detector artifact over anything but nothing, an empty folder or an earlier artifact."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or _is_detector_dir(out_dir))):
+        raise ArtifactError(f"{out_dir} exists and is not a detector artifact: refusing to replace it")
+
+
 def save_detector(detector: Detector, out_dir: str | Path, model_meta: dict, model: nn.Module | None = None) -> Path:
     """Write the fitted ``detector`` into the folder ``out_dir`` (replacing a detector artifact already there).
 
@@ -347,8 +354,7 @@ def save_detector(detector: Detector, out_dir: str | Path, model_meta: dict, mod
     missing = [k for k in ("arch", "dataset", "num_classes", "model_sha256") if model_meta.get(k) is None]
     if missing:
         raise ArtifactError(f"model_meta lacks {', '.join(missing)} (use model_meta_for(model_path, model))")
-    if out_dir.exists() and not (out_dir.is_dir() and (not any(out_dir.iterdir()) or _is_detector_dir(out_dir))):
-        raise ArtifactError(f"{out_dir} exists and is not a detector artifact: refusing to replace it")
+    check_out_dir(out_dir)
     model_facts = {k: model_meta.get(k) for k in (*MODEL_KEYS, "model_sha256", "model_state_sha256")}
     if model is not None:
         model_facts["model_state_sha256"] = model_state_sha256(model)
@@ -488,4 +494,4 @@ def load_detector(path: str | Path, model: nn.Module, info: ArchInfo, model_meta
 
 
 __all__ = ["save_detector", "load_detector", "model_meta_for", "model_state_sha256", "read_detector_meta",
-           "check_model", "FORMAT", "SCORER_CLASSES"]
+           "check_model", "check_out_dir", "FORMAT", "SCORER_CLASSES"]

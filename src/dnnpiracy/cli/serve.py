@@ -59,18 +59,19 @@ def fit_detector_cmd(model_dir, detector, out, surrogate_fraction, seed, target_
     """Attacker: fit a detector for a stolen model on the surrogate set and save it as an artifact for `serve`
     (the dataset is the model's own, from its metadata)."""
     from dnnpiracy.attack import check_cross_fitting, fit_detector, resolve_spec
-    from dnnpiracy.attack.artifact import model_meta_for, save_detector
+    from dnnpiracy.attack.artifact import check_out_dir, model_meta_for, save_detector
     from dnnpiracy.config import paper_tau
     from dnnpiracy.data import load_dataset, make_splits
     from dnnpiracy.models import arch_info
     from dnnpiracy.training import load_model
+    check_out_dir(out)                       # everything that can be checked before the fit is
     path = _model_file(model_dir)
     model, meta = load_model(path)
     if not meta.get("dataset"):
         raise click.ClickException(f"{path.with_suffix('.json')} names no dataset")
+    spec = resolve_spec(detector, meta["dataset"])
     ds = load_dataset(meta["dataset"], data_dir)
     splits = make_splits(ds.test_y, surrogate_fraction, seed)
-    spec = resolve_spec(detector, ds.name)
     sur = splits.surrogate_idx
     if spec.rule == "calibrated":
         check_cross_fitting(ds.test_y[sur])
