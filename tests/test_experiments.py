@@ -17,8 +17,9 @@ def test_tables_declare_the_paper_grid():
     assert {c.detector for c in cells} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch-window",
                                            "ensemble-mahalanobis-stages-input-knn-patch"}   # default, previous one
     fashion = table_cells(t2, PROFILES["cpu"], "fashion-mnist")
-    assert len(fashion) == 10 * 3 * 3
-    assert {c.detector for c in fashion} == {"paper", "ensemble-patch-dknn-window", "ensemble-patch-dknn"}
+    assert len(fashion) == 10 * 3 * 4         # the new default beside the earlier Fashion-MNIST default
+    assert {c.detector for c in fashion} == {"paper", "ensemble-mahalanobis-stages-input-knn-patch-window",
+                                             "ensemble-patch-dknn-window", "ensemble-patch-dknn"}
     # "default" and the name it stands for are one design, run once
     assert len(table_cells(dict(t1, detectors=["default", "ensemble-mahalanobis-stages-input-knn-patch-window"]),
                            PROFILES["cpu"], "mnist-10k")) == 10 * 3
