@@ -160,6 +160,12 @@ def test_run_without_out_writes_a_new_folder_and_links_latest(tmp_path, monkeypa
     assert len(runs) == 1 and runs[0].name.startswith("digits-tiny-content-label0-")
     assert (tmp_path / "runs" / "latest").resolve() == runs[0].resolve()
     assert (tmp_path / "runs" / "latest" / "report.json").exists()
+    # the run folder stands for its target: the pirate fits a detector artifact for it, the owner has its triggers
+    assert (tmp_path / "runs" / "latest" / "triggers.safetensors").exists()
+    res = CliRunner().invoke(main, ["fit-detector", "--model", "runs/latest", "--detector", "knn-input",
+                                    "--surrogate-fraction", "0.2", "--out", "runs/latest/detector"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "runs" / "latest" / "detector" / "meta.json").exists()
 
 
 def test_calibrated_rule_with_one_surrogate_input_per_class_is_rejected_before_training(tmp_path):

@@ -15,8 +15,16 @@ from dnnpiracy.config import STRATEGIES, DetectorConfig, GanConfig
 
 
 def _model_file(model_dir: str | Path) -> Path:
+    """model.safetensors of a target folder, or of the target a `dnnpiracy run` folder names (its report.json's
+    target_dir), or the file itself."""
     path = Path(model_dir)
-    return path / "model.safetensors" if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    if not (path / "model.safetensors").exists() and (path / "report.json").exists():
+        target = json.loads((path / "report.json").read_text()).get("target_dir")
+        if target:
+            return Path(target) / "model.safetensors"
+    return path / "model.safetensors"
 
 
 def _load_served(model_dir: str, detector_dir: str | None):

@@ -118,5 +118,9 @@ def write_run_outputs(out_dir: Path, report: dict, ds, target, det, clean, trig)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "report.json", report)
+    if target.triggers is not None:     # the owner's trigger set, beside the run (for `verify --url`)
+        from dnnpiracy.watermark import save_trigger_set
+        save_trigger_set(out_dir / "triggers.safetensors", target.triggers, {"dataset": ds.name,
+                                                                             "source_split": "train"})
     atomic_write_text(out_dir / "summary.md", summary_markdown(report))
     atomic_write_bytes(out_dir / "figure.png", run_figure(ds, target, det, clean, trig))
