@@ -161,7 +161,8 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
                      f"| {round(r['owner_pirated_share'] * r['n_seeds'])}/{r['n_seeds']} "
                      f"| {', '.join(_p(p) for p in r['owner_p_values'])} | {bar} |")
         L.append("")
-    dets = list(dict.fromkeys(r["detector"] for r in rows))
+    order = {d: i for i, d in enumerate(meta.get("detector_order", []))}
+    dets = sorted(dict.fromkeys(r["detector"] for r in rows), key=lambda d: (order.get(d, len(order)), d))
     for ds in sorted({r["dataset"] for r in rows}):
         L += [f"## {ds}: FNR of every detector (mean over seeds; FPR in brackets)", "",
               "| scheme | " + " | ".join(f"`{d}`" for d in dets) + " |", "|---|" + "---|" * len(dets)]
@@ -208,16 +209,16 @@ def matrix_png(rows: list[dict], detectors: list[str]) -> bytes:
 
     datasets = sorted({r["dataset"] for r in rows})
     schemes = list(dict.fromkeys(r["scheme"] for r in rows))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(1.3 * len(detectors) * len(datasets) + 2,
-                                                          0.55 * len(schemes) + 2.5), squeeze=False)
-    for ax, ds in zip(axes[0], datasets):
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(1.1 * len(detectors) + 3.5,
+                                                      (0.5 * len(schemes) + 2.6) * len(datasets)), squeeze=False)
+    for ax, ds in zip(axes[:, 0], datasets):
         M = np.full((len(schemes), len(detectors)), np.nan)
         for r in rows:
             if r["dataset"] == ds and r["detector"] in detectors:
                 i, j = schemes.index(r["scheme"]), detectors.index(r["detector"])
                 M[i, j] = 1 - r["tpr_at_1pct_fpr_mean"]
                 ax.text(j, i, f"{r['fnr_mean']:.2f}\n{r['fpr_mean']:.3f}", ha="center", va="center", fontsize=6,
-                        color="white" if M[i, j] > 0.5 else "black")
+                        color="black" if M[i, j] > 0.5 else "white")
         im = ax.imshow(M, cmap="viridis", vmin=0, vmax=1, aspect="auto")
         held = {r["scheme"]: r["held_out"] for r in rows}
         ax.set_yticks(range(len(schemes)), [f"{s}{' (held out)' if held[s] else ''}" for s in schemes], fontsize=7)

@@ -305,12 +305,14 @@ def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: st
         return [json_path, stem.with_suffix(".md")]
     default_name = default_detector(grid["datasets"][0])
     meta["mea_defender"] = br.mea_defender_claim(cells)
+    meta["detector_order"] = designs(grid, grid["datasets"][0])
     summaries = {n: SCHEMES[n](TriggerConfig(scheme=n)).describe() for n in grid["schemes"]}
     write_json(json_path, {"meta": {**meta, "default": default_name}, "rows": rows, "clean_baselines": clean})
     atomic_write_text(stem.with_suffix(".md"), br.schemes_markdown(rows, grid, default_name, meta, summaries))
     paths = [json_path, stem.with_suffix(".md")]
     if rows:
-        dets = list(dict.fromkeys(r["detector"] for r in rows))
+        present = {r["detector"] for r in rows}
+        dets = [d for d in designs(grid, grid["datasets"][0]) if d in present]    # the grid's order, default first
         paths.append(atomic_write_bytes(stem / "matrix.png", br.matrix_png(rows, dets)))
     paths.append(atomic_write_bytes(stem / "gallery.png", br.gallery_png(gallery_sets(grid))))
     return paths
