@@ -52,7 +52,7 @@ from dnnpiracy.models import DEFAULT_STEM, arch_info, build_model
 PIPELINES = ("bare", "pirated", "captum")
 TAU = 0.65          # the paper's Fashion-MNIST margin; only the paper rule uses it
 QUICK_GAN_EPOCHS = 5
-# the issue's acceptance criteria (ResNet-34, batch 256, default detector, heatmap at the default layer)
+# the serving targets (ResNet-34, batch 256, default detector, heatmap at the default layer)
 CRITERIA = {"pirated_over_bare": 0.5, "pirated_over_captum": 1.5, "max_heatmap_abs_diff": 1e-5,
             "detector_fit_seconds": 60.0}
 
@@ -435,7 +435,7 @@ def run_bench(arch: str = "resnet34", detectors: tuple[str, ...] = ("default", "
 
 
 def _criteria(res: dict) -> dict:
-    """The issue's acceptance check; it applies to a full (non-quick) ResNet-34 run of the default detector at
+    """The serving targets' check; it applies to a full (non-quick) ResNet-34 run of the default detector at
     batch 256 with the default heatmap layer."""
     head = res["headline"]
     applies = (res["arch"] == "resnet34" and not res["quick"] and head["batch_size"] == 256

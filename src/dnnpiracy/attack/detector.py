@@ -84,14 +84,14 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         cfg.calibration_folds, cfg.seed),
     "patch-input-p5": lambda cfg: PatchKNNScorer("input", patch=5),
     "patch-input-p9": lambda cfg: PatchKNNScorer("input", patch=9),
-    # round 7: the mean of the k most unusual windows, and three window sizes summed
+    # the mean of the k most unusual windows, and three window sizes summed
     "patch-input-p5-top4": lambda cfg: PatchKNNScorer("input", patch=5, top=4),
     "patch-input-p5-top8": lambda cfg: PatchKNNScorer("input", patch=5, top=8),
     "patch-input-p7-top4": lambda cfg: PatchKNNScorer("input", patch=7, top=4),
     "ensemble-patch-3-5-7": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=3), PatchKNNScorer("input", patch=5), PatchKNNScorer("input", patch=7)],
         "sum", cfg.calibration_folds, cfg.seed),
-    # round 8: label disagreement among the nearest surrogate images in the early stages (Deep kNN), alone and
+    # label disagreement among the nearest surrogate images in the early stages (Deep kNN), alone and
     # beside each dataset's default
     "dknn": lambda cfg: DkNNScorer((1, 2)),
     "dknn-123": lambda cfg: DkNNScorer((0, 1, 2)),
@@ -99,14 +99,14 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
         [PatchKNNScorer("input", patch=5), DkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-patch-dknn-123": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=5), DkNNScorer((0, 1, 2))], "sum", cfg.calibration_folds, cfg.seed),
-    # round 9: the Deep-kNN votes weighted by the target's softmax margin (ConfidentDkNNScorer)
+    # the Deep-kNN votes weighted by the target's softmax margin (ConfidentDkNNScorer)
     "dknn-margin": lambda cfg: ConfidentDkNNScorer((1, 2)),
     "ensemble-patch-dknn-margin": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=5), ConfidentDkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
     "ensemble-mahalanobis-stages-input-knn-patch-dknn-margin": lambda cfg: EnsembleScorer(
         [MahalanobisScorer("stages"), MahalanobisScorer("input"), KNNScorer("input", k=1), PatchKNNScorer("input"),
          ConfidentDkNNScorer((1, 2))], "sum", cfg.calibration_folds, cfg.seed),
-    # round 10: the most unusual window's local statistics (WindowStatsScorer), alone and beside each default
+    # the most unusual window's local statistics (WindowStatsScorer), alone and beside each default
     "window-stats": lambda cfg: WindowStatsScorer(),
     "ensemble-patch-dknn-window": lambda cfg: EnsembleScorer(
         [PatchKNNScorer("input", patch=5), DkNNScorer((1, 2)), WindowStatsScorer()], "sum", cfg.calibration_folds,

@@ -287,7 +287,7 @@ def _threshold(r: dict) -> str:
     return f"target FPR {r['target_fpr']}" + (f" ({conf:.0%} confidence)" if conf else " (on average)")
 
 
-# the issue's bar for the default detector, per dataset: (max FPR, max FNR), each on the mean over seeds
+# the bar for the default detector, per dataset: (max FPR, max FNR), each on the mean over seeds
 BARS = {"mnist": (0.01, 0.01), "mnist-10k": (0.01, 0.01), "fashion-mnist": (0.01, 0.2)}
 # rates are ratios of counts: 9 misses in 45 is FNR 0.2 exactly, but 9/45 in floating point is 0.2000000000000000111
 # (and float32 rates are off by ~1e-8).  Counts of at most ~10^5 put distinct rates >= 1e-5 apart, so 1e-6 admits
@@ -296,7 +296,7 @@ BAR_TOLERANCE = 1e-6
 
 
 def within_bar(fpr, fnr, dataset: str):
-    """FPR and FNR at or under the issue's bar for ``dataset`` (up to floating-point rounding).  Floats give a bool;
+    """FPR and FNR at or under the bar for ``dataset`` (up to floating-point rounding).  Floats give a bool;
     tensors of per-draw rates give a bool tensor, element by element."""
     max_fpr, max_fnr = BARS[dataset]
     return (fpr <= max_fpr + BAR_TOLERANCE) & (fnr <= max_fnr + BAR_TOLERANCE)

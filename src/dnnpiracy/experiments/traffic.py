@@ -2,7 +2,7 @@
 
 Reads the finished cells of ``reproduce`` from the cache (their stored clean and trigger scores): nothing is trained
 or fitted, so it runs in seconds and changes no cell.  One row per (table, configuration, detector), mean over seeds,
-beside the same cells' surrogate-calibrated rates and the issue's bar for the dataset.
+beside the same cells' surrogate-calibrated rates and the dataset's bar (reproduce.BARS).
 """
 
 from __future__ import annotations

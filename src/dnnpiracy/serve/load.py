@@ -244,7 +244,7 @@ def http_bench_markdown(res: dict) -> str:
         f"{s['max_batch']}, batch window {s['batch_window_ms']:g} ms; the load generator runs on the same machine "
         f"({res['machine'].get('nproc')} cores, {res['machine'].get('cpu_model')}).",
         "",
-        *(["(A smoke run: the issue's measurement sends at least 1000 requests, 32 or more in flight.)", ""]
+        *(["(A smoke run: the service's target measurement sends at least 1000 requests, 32 or more in flight.)", ""]
           if s["requests"] < 1000 or s["concurrency"] < 32 else []),
         "| service | answered | errors | throughput (images/s) | p50 latency (ms) | p99 latency (ms) | mean (ms) |",
         "|---|---:|---:|---:|---:|---:|---:|",
