@@ -476,19 +476,12 @@ def bench(arch, target_dir, detector_names, batch_sizes, dataset, seconds, round
           data_dir):
     """Serving and fitting cost: the pirated classifier against the bare model and a Captum-based pipeline."""
     from dnnpiracy.bench import bench_markdown, run_bench
-    from dnnpiracy.io import atomic_write_text, write_json
     res = run_bench(arch=arch, detectors=tuple(detector_names) or ("default", "paper"),
                     batch_sizes=tuple(batch_sizes) or (1, 256), quick=quick, target_dir=target_dir,
                     data_dir=data_dir, seconds_per_measure=seconds, echo=lambda m: click.echo(m, err=True),
                     dataset=dataset, rounds=rounds, command=["dnnpiracy", *sys.argv[1:]])
-    md = bench_markdown(res)
-    click.echo(md)
-    if json_out:
-        write_json(json_out, res)
-        click.echo(f"wrote {json_out}")
-    if md_out:
-        atomic_write_text(md_out, md)
-        click.echo(f"wrote {md_out}")
+    from dnnpiracy.cli.options import emit_report
+    emit_report(bench_markdown(res), res, json_out, md_out)
 
 
 from dnnpiracy.cli import schemes as _schemes  # noqa: E402,F401  (registers `schemes` and `benchmark`)

@@ -26,3 +26,15 @@ def executor_options(f):
 def ray_options(address, cpus, gpus, num_cpus):
     from dnnpiracy.experiments.executor import RayOptions
     return RayOptions(address=address, cpus_per_job=cpus, gpus_per_job=gpus, num_cpus=num_cpus)
+
+
+def emit_report(md: str, result: dict, json_out: str | None, md_out: str | None) -> None:
+    """Print a report's Markdown, and write it and its JSON where asked (atomically)."""
+    from dnnpiracy.io import atomic_write_text, write_json
+    click.echo(md)
+    if json_out:
+        write_json(json_out, result)
+        click.echo(f"wrote {json_out}")
+    if md_out:
+        atomic_write_text(md_out, md)
+        click.echo(f"wrote {md_out}")

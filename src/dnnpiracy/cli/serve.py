@@ -180,20 +180,13 @@ def bench_http(model_dir, detector_dir, n_requests, concurrency, warmup, max_bat
                seconds, json_out, md_out, data_dir):
     """Served pirated vs served bare model under the same concurrent load (and in-process batch-256 for
     reference): throughput, p50/p99 latency, errors."""
-    from dnnpiracy.io import atomic_write_text, write_json
     from dnnpiracy.serve.load import http_bench_markdown, run_http_bench
     res = run_http_bench(model_dir, detector_dir, n_requests=n_requests, concurrency=concurrency, warmup=warmup,
                          max_batch=max_batch, batch_window_ms=batch_window_ms, server_threads=server_threads,
                          seconds=seconds, data_dir=data_dir, echo=lambda m: click.echo(m, err=True),
                          command=["dnnpiracy", *sys.argv[1:]])
-    md = http_bench_markdown(res)
-    click.echo(md)
-    if json_out:
-        write_json(json_out, res)
-        click.echo(f"wrote {json_out}")
-    if md_out:
-        atomic_write_text(md_out, md)
-        click.echo(f"wrote {md_out}")
+    from dnnpiracy.cli.options import emit_report
+    emit_report(http_bench_markdown(res), res, json_out, md_out)
 
 
 # ------------------------------------------------------------------------------------------- verify --url
