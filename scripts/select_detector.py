@@ -199,8 +199,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
                      + (f" {f(r.get('fnr_same_class_mean'), '.3f')} |" if same_class else ""))
     if len(meta.get("confidences", [None])) > 1:
         lines += ["", "Unlike the earlier rounds, this comparison of threshold rules was run after the reported tables "
-                  "had been seen with both rules (docs/results_notes.md, deviation 6); it is evidence from the development "
-                  "targets, not a blind choice."]
+                  "had been seen with both rules (docs/results_notes.md, deviation 6); it is evidence from the "
+                  "development targets, not a blind choice."]
     lines += ["", f"Command `{meta['command']}`, commit {meta['git_commit']}, wall {meta['wall_seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
