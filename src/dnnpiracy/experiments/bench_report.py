@@ -187,8 +187,10 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
           "`schemes/matrix.png`.", "",
           f"Cells: {meta['cells_done']}/{meta['cells_total']} finished; {meta.get('failed', 0)} failed. "
           f"Compute of the finished cells: {meta['compute_seconds']:.0f} s (targets {meta['target_seconds']:.0f} s, "
-          f"detectors {meta['detector_seconds']:.0f} s) on {', '.join(meta['devices'])}. Command `{meta['command']}`, "
-          f"commit {meta['git_commit']}, wall time of this invocation {meta['wall_seconds']:.0f} s."]
+          f"detectors {meta['detector_seconds']:.0f} s) on {', '.join(meta['devices'])}; the cells were computed at "
+          f"commit(s) {', '.join(meta.get('cell_commits', [])) or 'n/a'} (each cell records its own command-free "
+          f"provenance: commit, device, seconds). Rendered by `{meta['command']}` at commit {meta['git_commit']}, "
+          f"wall time of that invocation {meta['wall_seconds']:.0f} s."]
     return "\n".join(L) + "\n"
 
 

@@ -294,7 +294,7 @@ def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: st
             "compute_seconds": target_seconds + detector_seconds,
             "devices": sorted({c["device"] for c in cells}) or ["cpu"],
             "protocol": "docs/heldout_protocol.md", "development": grid["development"],
-            "profile": profile_note(grid)}
+            "profile": profile_note(grid), "cell_commits": sorted({c["git_commit"] for c in cells})}
     rows = br.aggregate(cells, grid["development"], br.clean_accuracy(clean))
     if selection:
         ranking = br.selection_scores(cells)
