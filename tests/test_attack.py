@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -554,3 +556,30 @@ def test_window_stats_scorer_refuses_what_it_cannot_read():
                       (torch.full((2, 784), float("nan")), r"\[0, 1\]")):
         with pytest.raises(ValueError, match=what):
             WindowStatsScorer().fit(Evidence(input=bad), y)
+
+
+def test_discriminator_score_is_minus_log_d_known_value():
+    """-log D(h): with D's output pinned to sigmoid(log 3) = 0.75 the score is -log 0.75 = 0.2877 (the loss of h taken
+    as *real*; -log(1 - D) would give 1.386)."""
+    from dnnpiracy.attack.dcgan import Discriminator, discriminator_score
+    from dnnpiracy.config import GanConfig
+    D = Discriminator(GanConfig())
+    lin = D.adv_layer[0]
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.fill_(math.log(3.0))
+    s = discriminator_score(D, torch.rand(4, 1, 28, 28), 32)
+    assert torch.allclose(s, torch.full((4,), -math.log(0.75)), atol=1e-6)
+
+
+def test_paper_detector_threshold_is_its_classes_largest_in_sample_score_plus_tau(tiny_target):
+    ds, splits, target = tiny_target
+    sur = splits.surrogate_idx
+    det = fit_detector(target.model, arch_info("small-cnn"), ds.test_x[sur], ds.test_y[sur],
+                       DetectorConfig(detector="paper", gan=GanConfig(epochs=1)), tau=2.0)
+    y = ds.test_y[sur]
+    for c in range(10):
+        alpha = det.calibration_scores[y == c].max()
+        assert float(det.thresholds[c]) == pytest.approx(float(alpha) + 2.0, abs=1e-6)
+        assert alpha > 0       # a -log D score of real heatmaps is positive: alpha_y is not forced to 0
+    assert torch.allclose(det.with_tau(0.5).thresholds, det.thresholds - 1.5)
