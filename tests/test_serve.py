@@ -446,3 +446,17 @@ def test_bench_http_runs_on_the_tiny_model(served, tmp_path):
     assert 0.9 <= out["served"]["pirated"]["same_label_as_bare"] <= 1.0      # clean queries: mostly unflagged
     md = (tmp_path / "b.md").read_text()
     assert "served pirated" in md and "served bare" in md and "served pirated / served bare" in md
+
+
+def test_model_hash_covers_batchnorm_buffers():
+    """A ResNet's BatchNorm counters are 0-dim integer tensors: the weights' hash reads them too."""
+    from dnnpiracy.attack.artifact import model_state_sha256
+    from dnnpiracy.models import build_model
+    torch.manual_seed(0)
+    m = build_model("resnet18", "imagenet", 10)
+    h = model_state_sha256(m)
+    assert h == model_state_sha256(m) and len(h) == 64
+    bn = next(mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.num_batches_tracked += 1
+    assert model_state_sha256(m) != h
