@@ -29,7 +29,7 @@ from dnnpiracy.experiments.reproduce import PROFILES, compute_device
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
-from dnnpiracy.watermark import fresh_triggers_for, get_scheme
+from dnnpiracy.watermark import fresh_triggers_for
 
 CPU = PROFILES["cpu"]
 CELL_DIR = "bench_cells"
@@ -223,12 +223,8 @@ def _dataset(name: str) -> Dataset:
     return load_dataset(name)
 
 
-def scheme_summary(cfg_scheme: str, dataset: str) -> dict:
-    return get_scheme(TriggerConfig(scheme=cfg_scheme), dataset).describe()
-
-
 __all__ = ["load_grid", "SchemeTarget", "BenchCell", "grid_targets", "designs", "run_target", "run_grid",
-           "cell_path", "CELL_DIR", "scheme_summary"]
+           "cell_path", "CELL_DIR"]
 
 
 
@@ -252,11 +248,11 @@ def clean_baselines(grid: dict, cache_dir: Path | None = None) -> list[dict]:
     """The unwatermarked targets' test accuracies that are in the cache (dataset, seed, test_accuracy)."""
     from dnnpiracy.experiments.runner import target_key
     cache_dir = Path(cache_dir or default_cache_dir())
-    out, loaded = [], {}
+    out = []
     for t in grid_targets(grid):
         if t.scheme is not None:
             continue
-        ds = loaded.get(t.dataset) or loaded.setdefault(t.dataset, load_dataset(t.dataset))
+        ds = _dataset(t.dataset)
         rep = cache_dir / "targets" / target_key(ds.name, t.train, None, t.target_splits(ds)) / "report.json"
         if rep.exists():
             r = read_json(rep)
@@ -335,7 +331,7 @@ def gallery_sets(grid: dict) -> dict:
     sets = {}
     seed, label = grid["seeds"][0], grid["trigger_labels"][0]
     for d in grid["datasets"]:
-        ds = load_dataset(d)
+        ds = _dataset(d)
         for s in grid["schemes"]:
             sets[(s, d)] = make_trigger_set(ds.train_x, ds.train_y, TriggerConfig(trigger_label=label, seed=seed,
                                                                                   scheme=s), d)
