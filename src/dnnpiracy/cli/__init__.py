@@ -168,13 +168,8 @@ def verify(model_dir, triggers, significance, as_json):
     ts = load_trigger_set(triggers)
     v = verify_fn(lambda x: predict_labels(model, x), ts.images, ts.labels, meta.get("num_classes", 10),
                   significance)
-    if as_json:
-        click.echo(json.dumps(v.to_dict(), indent=2))
-    else:
-        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
-                   f"(p = {v.p_value:.3g} against chance {1 / meta.get('num_classes', 10):.2f}; "
-                   f"significance {significance}); majority rule says "
-                   f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")
+    from dnnpiracy.cli.options import echo_verification
+    echo_verification(v, meta.get("num_classes", 10), significance, as_json)
 
 
 @main.command("owner-report")

@@ -38,3 +38,15 @@ def emit_report(md: str, result: dict, json_out: str | None, md_out: str | None)
     if md_out:
         atomic_write_text(md_out, md)
         click.echo(f"wrote {md_out}")
+
+
+def echo_verification(v, num_classes: int, significance: float, as_json: bool) -> None:
+    """Print a verification (in process or over HTTP, the same words): JSON, or the verdict in one line."""
+    import json
+    if as_json:
+        click.echo(json.dumps(v.to_dict(), indent=2))
+    else:
+        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
+                   f"(p = {v.p_value:.3g} against chance {1 / num_classes:.2f}; "
+                   f"significance {significance}); majority rule says "
+                   f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")

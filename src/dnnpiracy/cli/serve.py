@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from dnnpiracy.cli import _data_dir_option, main
+from dnnpiracy.cli.options import echo_verification
 from dnnpiracy.config import STRATEGIES, DetectorConfig, GanConfig
 
 
@@ -190,17 +191,6 @@ def bench_http(model_dir, detector_dir, n_requests, concurrency, warmup, max_bat
 
 
 # ------------------------------------------------------------------------------------------- verify --url
-def _echo_verification(v, num_classes: int, significance: float, as_json: bool) -> None:
-    """The in-process `verify` command's output, word for word."""
-    if as_json:
-        click.echo(json.dumps(v.to_dict(), indent=2))
-    else:
-        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
-                   f"(p = {v.p_value:.3g} against chance {1 / num_classes:.2f}; "
-                   f"significance {significance}); majority rule says "
-                   f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")
-
-
 def verify_url(url: str, triggers: str, significance: float, as_json: bool) -> None:
     from dnnpiracy.serve.client import ServiceClient, ServiceError
     from dnnpiracy.watermark import load_trigger_set
@@ -213,7 +203,7 @@ def verify_url(url: str, triggers: str, significance: float, as_json: bool) -> N
     except ServiceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    _echo_verification(v, num_classes, significance, as_json)
+    echo_verification(v, num_classes, significance, as_json)
 
 
 def _extend_verify() -> None:
