@@ -124,8 +124,7 @@ def test_lof_scorer_matches_scikit_learn_and_flags_a_planted_outlier():
     import torch
     from sklearn.neighbors import LocalOutlierFactor
 
-    from dnnpiracy.attack.lof import LOFScorer
-    from dnnpiracy.attack.scorers import Evidence
+    from dnnpiracy.attack.scorers import Evidence, LOFScorer
     g = torch.Generator().manual_seed(0)
     ref = torch.randn(200, 8, generator=g)
     queries = torch.cat([torch.randn(20, 8, generator=g), torch.full((1, 8), 6.0)])

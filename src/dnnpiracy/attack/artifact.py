@@ -43,7 +43,6 @@ from torch import nn
 
 from dnnpiracy.attack.dcgan import Discriminator
 from dnnpiracy.attack.detector import Detector, DetectorSpec, make_cam
-from dnnpiracy.attack.lof import LOFScorer
 from dnnpiracy.attack.scorers import (
     ClassNormalizedScorer,
     ConfidentDkNNScorer,
@@ -53,6 +52,7 @@ from dnnpiracy.attack.scorers import (
     EnsembleScorer,
     HeatmapMassScorer,
     KNNScorer,
+    LOFScorer,
     MahalanobisScorer,
     PatchKNNScorer,
     Scorer,

@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from dnnpiracy.attack.heatmaps import CAM, CAM_METHODS, Probe
-from dnnpiracy.attack.lof import LOFScorer
 from dnnpiracy.attack.scorers import (
     LEAVE_ONE_OUT,
     ClassNormalizedScorer,
@@ -37,6 +36,7 @@ from dnnpiracy.attack.scorers import (
     Evidence,
     HeatmapMassScorer,
     KNNScorer,
+    LOFScorer,
     MahalanobisScorer,
     PatchKNNScorer,
     Scorer,

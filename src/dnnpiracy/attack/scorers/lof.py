@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from dnnpiracy.attack.scorers import Evidence, Scorer
+from dnnpiracy.attack.scorers.base import Evidence, Scorer
 
 
 class LOFScorer(Scorer):
