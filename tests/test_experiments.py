@@ -113,8 +113,9 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     assert (figs / "table1_gallery.png").read_bytes().startswith(b"\x89PNG")
     assert (figs / "table1_fnr_by_label.png").read_bytes().startswith(b"\x89PNG")
     # resume: every cell is cached, so nothing is recomputed (fitting would be needed otherwise)
-    import dnnpiracy.experiments.reproduce as rep
-    monkeypatch.setattr(rep, "fit_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
+    import dnnpiracy.experiments.cells as cells_mod
+    import dnnpiracy.experiments.render as render_mod
+    monkeypatch.setattr(cells_mod, "fit_detector", lambda *a, **k: (_ for _ in ()).throw(AssertionError("refit")))
     again = reproduce_spec(spec, prof, tmp_path / "results", tmp_path / "cache", progress=False, log=lambda m: None)
     assert again["rows"] == rows
     # the one target is counted once, at its recorded build time; the cells that reused it add only their own time
@@ -129,7 +130,8 @@ def test_grid_runs_caches_and_resumes(tmp_path, monkeypatch):
     assert again["meta"]["devices"] == ["cpu (%d threads)" % torch.get_num_threads()]
     # cached-only rendering (cells merged from another machine): the missing cell and target are not computed
     import shutil
-    monkeypatch.setattr(rep, "get_target", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
+    for mod in (cells_mod, render_mod):
+        monkeypatch.setattr(mod, "get_target", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained")))
     paper_cell = next(c for c in cells if json.loads(c.read_text())["rule"] == "paper")
     paper_cell.unlink()
     shutil.rmtree(tmp_path / "cache" / "targets")

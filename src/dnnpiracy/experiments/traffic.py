@@ -2,7 +2,7 @@
 
 Reads the finished cells of ``reproduce`` from the cache (their stored clean and trigger scores): nothing is trained
 or fitted, so it runs in seconds and changes no cell.  One row per (table, configuration, detector), mean over seeds,
-beside the same cells' surrogate-calibrated rates and the dataset's bar (reproduce.BARS).
+beside the same cells' surrogate-calibrated rates and the dataset's bar (aggregation.BARS).
 """
 
 from __future__ import annotations
@@ -20,16 +20,9 @@ from dnnpiracy.config import DetectorConfig
 from dnnpiracy.data import Dataset
 from dnnpiracy.evaluation.plots import traffic_figure
 from dnnpiracy.evaluation.traffic import traffic_calibration, traffic_fit
-from dnnpiracy.experiments.reproduce import (
-    BARS,
-    PROFILES,
-    Cell,
-    Profile,
-    load_table,
-    resolve_dataset,
-    table_cells,
-    within_bar,
-)
+from dnnpiracy.experiments.aggregation import BARS, within_bar
+from dnnpiracy.experiments.cells import Cell, table_cells
+from dnnpiracy.experiments.profiles import PROFILES, Profile, load_table, resolve_dataset
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
