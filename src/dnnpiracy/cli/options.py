@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
+
+DATASET_CHOICES = ["fashion-mnist", "mnist", "mnist-10k", "digits-tiny"]
+SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs"]
+
+
+def command_line() -> str:
+    """This invocation as one string (``dnnpiracy ...``), for the provenance of a report."""
+    return " ".join(["dnnpiracy", *sys.argv[1:]])
+
+
+def scheme_option(f):
+    return click.option("--scheme", type=click.Choice(SCHEME_CHOICES), default="content", show_default=True,
+                        help="the owner's watermark scheme (`dnnpiracy schemes` lists them); content = the paper's "
+                             "white discs")(f)
+
+
+def data_dir_option(f):
+    return click.option("--data-dir", type=click.Path(file_okay=False), envvar="DNNPIRACY_DATA", default=None,
+                        help="data folder (default $DNNPIRACY_DATA or ~/.cache/dnnpiracy/data)")(f)
+
+
+def cache_dir_option(f):
+    return click.option("--cache-dir", type=click.Path(file_okay=False), default=None, envvar="DNNPIRACY_CACHE",
+                        help="trained-target and cell cache (default $DNNPIRACY_CACHE or ~/.cache/dnnpiracy/runs)")(f)
+
+
+def dataset_option(f):
+    return click.option("--dataset", type=click.Choice(DATASET_CHOICES), default="fashion-mnist", show_default=True,
+                        help="the dataset (`dnnpiracy data NAME` says whether it is there)")(f)
 
 
 def executor_options(f):

@@ -1,5 +1,5 @@
-"""``dnnpiracy fit-detector``, ``serve`` and ``bench-http``, and ``verify --url``: the pirated model as a black-box
-HTTP service, the owner verifying it over the wire, and what serving it costs under load."""
+"""``dnnpiracy fit-detector``, ``serve`` and ``verify --url``: the pirated model as a black-box HTTP service and the
+owner verifying it over the wire (what serving it costs: ``bench-http``, in cli/bench.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import click
 
-from dnnpiracy.cli import _data_dir_option, main
-from dnnpiracy.cli.options import echo_verification
+from dnnpiracy.cli import main
+from dnnpiracy.cli.options import data_dir_option, echo_verification
 from dnnpiracy.config import STRATEGIES, DetectorConfig, GanConfig
 
 
@@ -62,7 +62,7 @@ def _load_served(model_dir: str, detector_dir: str | None):
               help="paper rule margin (default: the dataset's, 2 MNIST, 0.65 Fashion-MNIST)")
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True,
               help="paper detector: DCGAN training epochs")
-@_data_dir_option
+@data_dir_option
 def fit_detector_cmd(model_dir, detector, out, surrogate_fraction, seed, target_fpr, fpr_confidence, tau, gan_epochs,
                      data_dir):
     """Attacker: fit a detector for a stolen model on the surrogate set and save it as an artifact for `serve`
@@ -130,8 +130,9 @@ def build_service(model_dir: str, detector_dir: str | None, bare: bool = False, 
               help="a model folder (model.safetensors) or file")
 @click.option("--detector", "detector_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="a detector artifact (`dnnpiracy fit-detector`); required unless --bare")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="port to listen on")
 @click.option("--bare", is_flag=True, help="serve the model's own answers (no detector): the baseline")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="uniform-other", show_default=True,
               help="label for flagged queries (runner-up is deterministic)")
@@ -143,7 +144,7 @@ def build_service(model_dir: str, detector_dir: str | None, bare: bool = False, 
 @click.option("--max-body-mb", type=click.FloatRange(0, 4096, min_open=True), default=8.0, show_default=True,
               help="largest request body (413 above)")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="warning",
-              show_default=True)
+              show_default=True, help="uvicorn's log level")
 def serve(model_dir, detector_dir, host, port, bare, strategy, seed, max_batch, batch_window_ms, max_body_mb,
           log_level):
     """Attacker: serve the pirated classifier (or with --bare the model alone) over HTTP: POST /v1/predict,
@@ -154,40 +155,6 @@ def serve(model_dir, detector_dir, host, port, bare, strategy, seed, max_batch, 
     click.echo(f"serving {what} on http://{host}:{port} (docs at /docs)", err=True)
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                                   timeout_graceful_shutdown=5)).run()
-
-
-# ------------------------------------------------------------------------------------------------- bench-http
-@main.command("bench-http")
-@click.option("--model", "model_dir", type=click.Path(exists=True), required=True,
-              help="a trained target (model folder or file)")
-@click.option("--detector", "detector_dir", type=click.Path(exists=True, file_okay=False), required=True,
-              help="its detector artifact (`dnnpiracy fit-detector`)")
-@click.option("--requests", "n_requests", type=click.IntRange(1, None), default=2000, show_default=True,
-              help="timed requests per service (1 image each)")
-@click.option("--concurrency", type=click.IntRange(1, 4096), default=64, show_default=True,
-              help="requests in flight at once")
-@click.option("--warmup", type=click.IntRange(0, None), default=100, show_default=True,
-              help="untimed requests sent first")
-@click.option("--max-batch", type=click.IntRange(1, 65536), default=256, show_default=True)
-@click.option("--batch-window-ms", type=click.FloatRange(0, 10000), default=5.0, show_default=True)
-@click.option("--server-threads", type=click.IntRange(1, 256), default=None,
-              help="torch threads of each server (default: all cores)")
-@click.option("--seconds", type=click.FloatRange(0, None, min_open=True), default=3.0, show_default=True,
-              help="time budget of each in-process batch-256 measurement")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="write the result as JSON")
-@click.option("--md", "md_out", type=click.Path(dir_okay=False), default=None, help="write the table as Markdown")
-@_data_dir_option
-def bench_http(model_dir, detector_dir, n_requests, concurrency, warmup, max_batch, batch_window_ms, server_threads,
-               seconds, json_out, md_out, data_dir):
-    """Served pirated vs served bare model under the same concurrent load (and in-process batch-256 for
-    reference): throughput, p50/p99 latency, errors."""
-    from dnnpiracy.serve.load import http_bench_markdown, run_http_bench
-    res = run_http_bench(model_dir, detector_dir, n_requests=n_requests, concurrency=concurrency, warmup=warmup,
-                         max_batch=max_batch, batch_window_ms=batch_window_ms, server_threads=server_threads,
-                         seconds=seconds, data_dir=data_dir, echo=lambda m: click.echo(m, err=True),
-                         command=["dnnpiracy", *sys.argv[1:]])
-    from dnnpiracy.cli.options import emit_report
-    emit_report(http_bench_markdown(res), res, json_out, md_out)
 
 
 # ------------------------------------------------------------------------------------------- verify --url
