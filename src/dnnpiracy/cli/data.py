@@ -29,7 +29,8 @@ def data(name, as_json, surrogate_fraction, seed, no_download, data_dir):
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return
-    click.echo(f"{name}: {summary.get('note', '')}")
+    note = summary.get("note") or ""
+    click.echo(note if note.startswith(f"{name}:") else f"{name}: {note}".rstrip(": "))
     click.echo(f"source: {summary['source']}")
     for f, status in summary["checksums"].items():
         click.echo(f"  {f}: {status}")

