@@ -4,6 +4,8 @@ trigger inputs) and ``owner-report`` (the watermark's cost and both models' verd
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
@@ -11,6 +13,36 @@ import click
 from dnnpiracy.cli import main
 from dnnpiracy.cli.options import command_line, data_dir_option, dataset_option, echo_verification, scheme_option
 from dnnpiracy.config import TrainConfig, TriggerConfig
+
+
+@contextmanager
+def created_on_success(out: Path):
+    """Leave nothing behind if the body fails: the folders under ``out`` that this call creates are removed again
+    on failure, unless training got far enough to leave a checkpoint (then rerunning the command resumes)."""
+    out = Path(out)
+    new = [p for p in (out, *out.parents) if not p.exists()]          # deepest first
+    try:
+        yield out
+    except BaseException:
+        if new and not (out / "checkpoint.pt").exists():
+            shutil.rmtree(out, ignore_errors=True)
+            for p in new[1:]:
+                try:
+                    p.rmdir()                                           # only if empty
+                except OSError:
+                    break
+        elif new:
+            click.echo(f"kept {out} (a checkpoint): run the same command again to resume", err=True)
+        raise
+
+
+def _check_arch(arch: str, stem: str) -> None:
+    """An unknown architecture or stem is a usage error, before any file is written."""
+    from dnnpiracy.models import arch_info
+    try:
+        arch_info(arch, stem)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--arch") from exc
 
 
 @main.command()
@@ -40,20 +72,22 @@ from dnnpiracy.config import TrainConfig, TriggerConfig
 @click.option("--no-watermark", is_flag=True, help="train the same model without triggers (a clean baseline)")
 @click.option("--seed", type=int, default=0, show_default=True, help="training and trigger seed")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
-              help="folder to write (model, trigger set, report.json)")
+              help="folder to write (created on success; a failed call leaves no empty folder)")
 @data_dir_option
 def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, trigger_pattern, scheme, epochs,
               batch_size, lr, oversample, no_watermark, seed, out, data_dir):
     """Owner: train a watermarked target into OUT (model, trigger set, report.json)."""
     from dnnpiracy.data import load_dataset, make_splits
     from dnnpiracy.watermark import embed_watermark
+    _check_arch(arch, stem)
     ds = load_dataset(dataset, data_dir)
     splits = make_splits(ds.test_y, 0.05, 0)
     train = TrainConfig(arch=arch, stem=stem, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                         trigger_oversample=oversample)
     trig = None if no_watermark else TriggerConfig(num_triggers, blocks, radius, trigger_label, seed, trigger_pattern,
                                                    scheme)
-    t = embed_watermark(ds, splits, train, trig, out)
+    with created_on_success(Path(out)):
+        t = embed_watermark(ds, splits, train, trig, out)
     keys = ["test_accuracy", "evaluation_accuracy", "trigger_accuracy", "fresh_trigger_accuracy"]
     click.echo(json.dumps({k: t.report.get(k) for k in keys}, indent=2))
     click.echo(f"wrote {Path(out) / 'report.json'}")
