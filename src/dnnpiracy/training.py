@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from dnnpiracy.config import TrainConfig
 from dnnpiracy.io import (
@@ -25,6 +24,7 @@ from dnnpiracy.io import (
     save_tensors,
 )
 from dnnpiracy.models import build_model
+from dnnpiracy.progress import progress_bar
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -110,7 +110,7 @@ def train_classifier(
         order = _epoch_order(len(train_x), n_extra, cfg.trigger_oversample, gen)
         t0 = time.perf_counter()
         tot_loss, tot_correct, seen = 0.0, 0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        bar = progress_bar(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not progress, leave=False, unit="batch")
         for start in bar:
             batch = order[start:start + cfg.batch_size]

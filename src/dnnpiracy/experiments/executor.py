@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tqdm.auto import tqdm
+from dnnpiracy.progress import progress_bar
 
 EXECUTORS = ("local", "ray")
 
@@ -40,7 +40,7 @@ def map_jobs(fn: Callable, payloads: list, executor: str = "local", ray_options:
     if executor == "ray":
         return _map_ray(fn, payloads, ray_options or RayOptions(), progress, desc, label, log)
     results, failures = [], []
-    bar = tqdm(payloads, desc=desc, unit="job", disable=not progress, mininterval=5)
+    bar = progress_bar(payloads, desc=desc, unit="job", disable=not progress, mininterval=5)
     for p in bar:
         bar.set_postfix_str(label(p), refresh=False)
         try:
@@ -64,7 +64,7 @@ def _map_ray(fn, payloads, opts: RayOptions, progress, desc, label, log) -> tupl
     pending = {remote.remote(fn, p, opts.cpus_per_job): p for p in payloads}
     results, failures = [], []
     t0 = time.perf_counter()
-    bar = tqdm(total=len(payloads), desc=f"{desc} (ray)", unit="job", disable=not progress, mininterval=5)
+    bar = progress_bar(total=len(payloads), desc=f"{desc} (ray)", unit="job", disable=not progress, mininterval=5)
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)

@@ -8,13 +8,12 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from dnnpiracy.attack import fit_detector, make_cam
 from dnnpiracy.config import DetectorConfig
 from dnnpiracy.data import Dataset, Splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.models import arch_info
+from dnnpiracy.progress import progress_bar
 from dnnpiracy.watermark import Target
 
 SUMMARY_KEYS = ("fpr", "fnr", "fnr_fresh", "auroc", "auroc_fresh", "tpr_at_1pct_fpr", "accuracy_loss",
@@ -34,7 +33,7 @@ def study_target(target: Target, ds: Dataset, splits: Splits, detectors: list[st
         probes = {"clean": cam(ds.test_x[ev_idx]), "surrogate": cam(ds.test_x[sur_idx]),
                   "triggers": cam(target.triggers.images), "fresh": cam(target.fresh_triggers.images)}
         probe_s = time.perf_counter() - t0
-        for name in tqdm(detectors, desc=f"layer {cam.layer}", disable=not progress, leave=False):
+        for name in progress_bar(detectors, desc=f"layer {cam.layer}", disable=not progress, leave=False):
             cfg = replace(base, detector=name, heatmap_layer=layer)
             det = fit_detector(target.model, info, ds.test_x[sur_idx], ds.test_y[sur_idx], cfg, tau,
                                ds.num_classes, probe=probes["surrogate"], dataset=ds.name)
