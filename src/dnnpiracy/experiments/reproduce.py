@@ -20,8 +20,6 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from dnnpiracy.attack import default_detector
 from dnnpiracy.config import DetectorConfig
 from dnnpiracy.experiments.aggregation import BAR_TOLERANCE, BARS, aggregate, bar_summary, compute_seconds, within_bar
@@ -38,6 +36,7 @@ from dnnpiracy.experiments.profiles import (
 from dnnpiracy.experiments.render import table_markdown, write_figures
 from dnnpiracy.experiments.runner import default_cache_dir
 from dnnpiracy.io import ArtifactError, atomic_write_text, git_commit, read_json, write_json
+from dnnpiracy.progress import progress_bar
 
 
 def reproduce(table: str, profile_name: str, out_dir: Path = Path("results"), cache_dir: Path | None = None,
@@ -119,7 +118,7 @@ def reproduce_spec(spec: dict, profile: Profile, out_dir: Path = Path("results")
 
     if executor != "local" and not cached_only:
         compute_remote(spec, todo, data_dir, cache_dir, executor, ray_options, progress, log)
-    for cell in tqdm(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
+    for cell in progress_bar(todo, desc=f"table {table} ({profile.name})", disable=not progress, unit="cell"):
         log_path = cache_dir / "logs" / f"{cell.key()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as fh:

@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from dnnpiracy.attack import SCORERS, default_detector, make_cam, resolve_spec
 from dnnpiracy.attack.scorers import Evidence
@@ -26,6 +25,7 @@ from dnnpiracy.experiments.profiles import PROFILES, Profile, load_table, resolv
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import atomic_write_bytes, atomic_write_text, git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
+from dnnpiracy.progress import progress_bar
 
 
 def spec_traffic_rows(spec: dict, profile: Profile, ds_name: str, cache_dir: Path, target_fpr: float = 0.01,
@@ -175,7 +175,7 @@ def spec_traffic_fit_rows(spec: dict, profile: Profile, ds: Dataset, cache_dir: 
     cells = [c for c in table_cells(spec, profile, ds.name)
              if c.detector == design and (cache_dir / "cells" / f"{c.key()}.json").exists()]
     groups: dict[tuple, list[dict]] = {}
-    for cell in tqdm(cells, desc=f"table {spec['id']} traffic fit", unit="cell", disable=not progress):
+    for cell in progress_bar(cells, desc=f"table {spec['id']} traffic fit", unit="cell", disable=not progress):
         # cached per cell and study parameters, so an interrupted study resumes and tables can be rendered apart
         key = config_key({"cell": cell.key(), "target_fpr": target_fpr, "n_traffic": n_traffic, "repeats": repeats,
                           "max_clean": max_clean, "v": 1})
