@@ -44,3 +44,44 @@ def test_figures_render_png():
     y = torch.tensor([0, 1, 0, 1])
     assert heatmap_gallery(x, y, x, y, x[:2], torch.tensor([1, 1]), x[:2], torch.tensor([0, 0]), ["a", "b"],
                            "t").startswith(PNG)
+
+
+def _fake_run(n=12, nc=10):
+    """The objects run_figure reads, small and synthetic: a dataset, a detector and two inspected sets."""
+    from types import SimpleNamespace as NS
+    gen = torch.Generator().manual_seed(0)
+
+    def inspected(k):
+        probe = NS(heatmaps=torch.rand(k, 1, 28, 28, generator=gen))
+        ins = NS(probe=probe, flags=torch.rand(k, generator=gen) > 0.5, scores=torch.randn(k, generator=gen),
+                 predictions=torch.arange(k) % nc)
+        return NS(x=torch.rand(k, 1, 28, 28, generator=gen), y=torch.arange(k) % nc, inspection=ins)
+
+    ds = NS(name="digits-tiny", class_names=tuple(str(c) for c in range(nc)))
+    det = NS(num_classes=nc, thresholds=torch.ones(nc), name="knn-input", cam=NS(layer="conv2"))
+    report = {"fpr": 0.0123, "fpr_ci95": [0.005, 0.02], "fnr": 0.0667, "fnr_ci95": [0.01, 0.3], "fnr_fresh": 0.25,
+              "n_fresh_effective": 40, "n_clean": 190, "n_triggers": 15,
+              "verification_target": {"verdict": "pirated", "n_trigger_label": 15, "n_queries": 15,
+                                      "p_value": 1e-15},
+              "verification_pirated": {"verdict": "not pirated", "n_trigger_label": 2, "n_queries": 15,
+                                       "p_value": 0.45}}
+    return ds, det, inspected(n), inspected(n), report
+
+
+def test_run_figure_shows_the_headline_numbers_and_labels_every_histogram():
+    import matplotlib.pyplot as plt
+
+    from dnnpiracy.evaluation.report import run_figure, run_figure_fig
+    ds, det, clean, trig, report = _fake_run()
+    fig = run_figure_fig(ds, None, det, clean, trig, report=report)
+    try:
+        text = "\n".join(t.get_text() for t in fig.texts)
+        for needle in ("FPR 0.0123", "FNR 0.0667", "fresh FNR 0.2500", "stolen target: pirated (15/15 answered",
+                       "p = 1.00e-15", "pirated classifier: not pirated (2/15 answered", "p = 4.50e-01"):
+            assert needle in text, needle
+        hists = [ax for ax in fig.axes if ax.get_title().startswith("predicted ")]
+        assert len(hists) == det.num_classes
+        assert all(ax.get_xlabel() == "anomaly score" and ax.get_ylabel() for ax in hists)
+    finally:
+        plt.close(fig)
+    assert run_figure(ds, None, det, clean, trig, report=report).startswith(PNG)

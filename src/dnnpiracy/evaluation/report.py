@@ -60,7 +60,35 @@ def summary_markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_figure(ds, target, det, clean, trig, n_show: int = 6) -> bytes:
+def headline_text(r: dict) -> str:
+    """The run's headline numbers in three lines, for the figure: FPR, FNR, fresh FNR and the owner's verdicts."""
+    def verdict(v: dict) -> str:
+        return (f"{v['verdict']} ({v['n_trigger_label']}/{v['n_queries']} answered with the trigger label, "
+                f"p = {v['p_value']:.2e})")
+    fpr_ci, fnr_ci = r.get("fpr_ci95") or [None, None], r.get("fnr_ci95") or [None, None]
+    return "\n".join([
+        f"FPR {_fmt(r.get('fpr'))} (95 % CI {_fmt(fpr_ci[0])}-{_fmt(fpr_ci[1])}) on {r.get('n_clean', '?')} clean "
+        f"inputs   FNR {_fmt(r.get('fnr'))} (95 % CI {_fmt(fnr_ci[0])}-{_fmt(fnr_ci[1])}) on "
+        f"{r.get('n_triggers', '?')} trigger inputs   fresh FNR {_fmt(r.get('fnr_fresh'))} "
+        f"({r.get('n_fresh_effective', 0)} fresh triggers)",
+        f"owner's verdict, stolen target: {verdict(r['verification_target'])}",
+        f"owner's verdict, pirated classifier: {verdict(r['verification_pirated'])}",
+    ])
+
+
+def run_figure(ds, target, det, clean, trig, n_show: int = 6, report: dict | None = None) -> bytes:
+    """PNG bytes of :func:`run_figure_fig`."""
+    fig = run_figure_fig(ds, target, det, clean, trig, n_show, report)
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def run_figure_fig(ds, target, det, clean, trig, n_show: int = 6, report: dict | None = None):
+    """The run's figure: Grad-CAM of clean and trigger inputs (top), per-class anomaly-score histograms with the
+    thresholds (bottom), and, given the ``report``, its headline numbers in a box above the title."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -102,16 +130,18 @@ def run_figure(ds, target, det, clean, trig, n_show: int = 6) -> bytes:
             ax.axvline(thr, color="k", ls="--", lw=1)
         name = ds.class_names[c] if c < len(ds.class_names) else str(c)
         ax.set_title(f"predicted {name}", fontsize=8)
+        ax.set_xlabel("anomaly score", fontsize=6)
+        ax.set_ylabel("inputs (log)", fontsize=6)
         ax.tick_params(labelsize=6)
         ax.set_yscale("log")
         if c == 0:
             ax.legend(fontsize=6)
     fig.suptitle(f"{ds.name} / {det.name}: Grad-CAM at {det.cam.layer} (top), anomaly scores per predicted class "
-                 f"with the threshold (dashed, bottom)", fontsize=10)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+                 f"with the threshold (dashed, bottom)", fontsize=10, y=1.0)
+    if report is not None:
+        fig.text(0.5, 1.015, headline_text(report), ha="center", va="bottom", fontsize=9, family="monospace",
+                 bbox={"boxstyle": "round", "facecolor": "white", "edgecolor": "0.6"})
+    return fig
 
 
 def write_run_outputs(out_dir: Path, report: dict, ds, target, det, clean, trig) -> None:
@@ -123,4 +153,4 @@ def write_run_outputs(out_dir: Path, report: dict, ds, target, det, clean, trig)
         save_trigger_set(out_dir / "triggers.safetensors", target.triggers, {"dataset": ds.name,
                                                                              "source_split": "train"})
     atomic_write_text(out_dir / "summary.md", summary_markdown(report))
-    atomic_write_bytes(out_dir / "figure.png", run_figure(ds, target, det, clean, trig))
+    atomic_write_bytes(out_dir / "figure.png", run_figure(ds, target, det, clean, trig, report=report))
