@@ -154,7 +154,8 @@ REQUIRED_KEYS = ("pirated_over_bare", "pirated_over_captum", "latency_p50_ms", "
 
 
 def test_run_bench_quick_small_cnn(tmp_path):
-    from dnnpiracy.bench import bench_markdown, run_bench
+    from dnnpiracy.experiments.speed import run_bench
+    from dnnpiracy.experiments.speed_report import bench_markdown
     from dnnpiracy.io import read_json, write_json
     res = run_bench(arch="small-cnn", quick=True, detectors=("knn-input",), batch_sizes=(1, 16),
                     dataset="digits-tiny", seconds_per_measure=0.05, rounds=2, latency_calls=10,

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dnnpiracy.bench import machine_info, percentile, throughput, torch_info
+from dnnpiracy.experiments.timing import machine_info, percentile, throughput, torch_info
 from dnnpiracy.io import git_commit
 
 MODES = ("pirated", "bare")
