@@ -36,7 +36,8 @@ MD_HELP = "write the table as Markdown (e.g. results/bench/NAME.md)"
 def bench(arch, target_dir, detector_names, batch_sizes, dataset, seconds, rounds, quick, json_out, md_out,
           data_dir):
     """Serving and fitting cost: the pirated classifier against the bare model and a Captum-based pipeline."""
-    from dnnpiracy.bench import bench_markdown, run_bench
+    from dnnpiracy.experiments.speed import run_bench
+    from dnnpiracy.experiments.speed_report import bench_markdown
     res = run_bench(arch=arch, detectors=tuple(detector_names) or ("default", "paper"),
                     batch_sizes=tuple(batch_sizes) or (1, 256), quick=quick, target_dir=target_dir,
                     data_dir=data_dir, seconds_per_measure=seconds, echo=lambda m: click.echo(m, err=True),
