@@ -42,7 +42,7 @@ TARGET_FPR_HELP = "calibrated rule: clean false-positive rate to aim for"
               show_default=True, help=TARGET_FPR_HELP)
 @click.option("--gan-epochs", type=click.IntRange(1, 10000), default=200, show_default=True,
               help="paper detector: DCGAN training epochs")
-@click.option("--out", type=click.Path(dir_okay=False), default="results/detectors", show_default=True,
+@click.option("--out", type=click.Path(dir_okay=False), default="results/studies/detectors", show_default=True,
               help="writes OUT.json (rows merged with earlier runs) and OUT.md")
 @cache_dir_option
 @data_dir_option
@@ -80,7 +80,7 @@ def study(dataset, arch, epochs, trigger_label, seed, names, layers, tau, target
 @click.option("--table", type=click.Choice(["1", "2", "3", "4", "5", "all"]), required=True,
               help="the paper's table (I-V) to reproduce, or all of them")
 @click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True, help=PROFILE_HELP)
-@click.option("--out", type=click.Path(file_okay=False), default="results", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default="results/tables", show_default=True,
               help="writes OUT/tableN.md and .json, and OUT/figures/")
 @click.option("--max-cells", type=click.IntRange(1, None), default=None, help="stop after this many cells")
 @click.option("--cached-only", is_flag=True, help="render from the finished (cached) cells alone; compute nothing")
@@ -148,7 +148,7 @@ def _study_tables(tables: str) -> list[str]:
 @click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
               help="unlabelled clean queries the threshold is calibrated on")
 @click.option("--repeats", type=click.IntRange(1, None), default=200, show_default=True, help="random draws per cell")
-@click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_calibration",
+@click.option("--out", type=click.Path(dir_okay=False), default="results/studies/traffic_calibration",
               show_default=True, help="writes OUT.md and OUT.json")
 @cache_dir_option
 @data_dir_option
@@ -177,7 +177,7 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
               help="random traffic draws per cell (each refits the scorer)")
 @click.option("--max-clean", type=click.IntRange(2, None), default=None,
               help="probe only a seeded subset of this many clean evaluation inputs per cell (Fashion-MNIST has 9,500)")
-@click.option("--out", type=click.Path(dir_okay=False), default="results/traffic_fit", show_default=True,
+@click.option("--out", type=click.Path(dir_okay=False), default="results/studies/traffic_fit", show_default=True,
               help="writes OUT.md and OUT.json")
 @click.option("--detector", default="default", show_default=True,
               help="the calibrated design whose finished cells are refitted (a column of the tables)")

@@ -119,7 +119,7 @@ def verify(model_dir, triggers, significance, as_json):
               help="the watermarked target's folder (`dnnpiracy watermark`)")
 @click.option("--clean", type=click.Path(exists=True, file_okay=False), required=True,
               help="the same model trained without triggers (`dnnpiracy watermark --no-watermark`)")
-@click.option("--out", type=click.Path(dir_okay=False), default="results/owner", show_default=True,
+@click.option("--out", type=click.Path(dir_okay=False), default="results/studies/owner", show_default=True,
               help="writes OUT.json and OUT.md")
 def owner_report(watermarked, clean, out):
     """Owner: accuracy cost of the watermark and verification of a watermarked vs a clean model."""
