@@ -34,3 +34,10 @@ def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):
     verdicts = [ln for ln in capsys.readouterr().out.splitlines() if ln in ("pirated", "not pirated")]
     assert len(verdicts) == 2 and verdicts[0] == "pirated", verdicts   # the stolen model carries the watermark
     assert (tmp_path / "runs" / "api-target" / "model.safetensors").exists()
+
+
+def test_readme_and_run_help_give_the_same_quick_run_duration():
+    from dnnpiracy.cli.run import QUICK_DURATION, QUICK_HELP
+    assert QUICK_DURATION in QUICK_HELP
+    quick = [ln for ln in README.read_text().splitlines() if ln.startswith("dnnpiracy run --quick")]
+    assert len(quick) == 1 and QUICK_DURATION in quick[0], quick
