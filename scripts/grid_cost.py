@@ -2,7 +2,7 @@
 recorded build time), and all five tables together with every target counted once (Tables IV and V reuse
 Table I's label-0 targets).  This is the number the issue's 6-hour budget is about.
 
-Reads the cache of `dnnpiracy reproduce --profile cpu` (computes nothing).  Writes results/grid_cost.{md,json}.
+Reads the cache of `dnnpiracy reproduce --profile cpu` (computes nothing).  Writes results/bench/grid_cost.{md,json}.
 
     python scripts/grid_cost.py [--profile cpu]
 """
@@ -64,7 +64,7 @@ def main() -> None:
               + (f" ({missing} cells not finished)" if missing else "") + ".", "",
               f"Wall time {meta['wall_seconds']:.1f} s (reads the cache). Command `{meta['command']}`, "
               f"commit {meta['git_commit']}."]
-    out = Path(f"results/grid_cost{'' if args.profile == 'cpu' else '_' + args.profile}")
+    out = Path(f"results/bench/grid_cost{'' if args.profile == 'cpu' else '_' + args.profile}")
     write_json(out.with_suffix(".json"), {"tables": per_table, "all": total, "missing_cells": missing, "meta": meta})
     atomic_write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     print("\n".join(lines))

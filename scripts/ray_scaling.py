@@ -1,9 +1,9 @@
 """How a grid scales on Ray: the same small grid, each time in a fresh cache, with the local executor (one process,
 torch on 2 threads), and as Ray tasks with 1 and with 2 workers (1 CPU, 1 torch thread each).  Wall time is measured
 in this one process, one configuration after the other; the cells of every configuration are checked equal (up to
-their timing fields).  Writes results/ray_scaling.md and .json.
+their timing fields).  Writes results/bench/ray_scaling.md and .json.
 
-    python scripts/ray_scaling.py [--out results/ray_scaling]
+    python scripts/ray_scaling.py [--out results/bench/ray_scaling]
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ surrogate_fraction = {digits-tiny = 0.3}
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--out", default="results/ray_scaling")
+    ap.add_argument("--out", default="results/bench/ray_scaling")
     args = ap.parse_args()
     import ray
     work = Path(tempfile.mkdtemp(prefix="ray-scaling-"))

@@ -4,7 +4,8 @@ epochs too, so the mnist-10k label-3 seed-1 development target *is* Table I's la
 key; the rounds draw other surrogate sets). The Fashion-MNIST one is not Table II's (2 epochs there). For each
 target, draw several surrogate sets (5 % of test, stratified, split seeds 100..), fit each candidate on the draw,
 calibrate at target FPR 0.01, and measure FPR on the rest of the test set and FNR on the 15 triggers. Writes
-results/detector_selection.{json,md}.
+results/studies/detector_selection.{json,md} (rounds 1-11 were
+run with it; their files left the tree, see results/README.md).
 
     python scripts/select_detector.py --detectors a,b,c --draws 5 [--reuse raw.json]
 """
@@ -239,7 +240,7 @@ def main() -> None:
     ap.add_argument("--only", choices=["fashion-mnist", "mnist-10k"],
                     help="measure on this dataset's development targets alone")
     ap.add_argument("--reuse", help="raw JSON of an earlier run of this measurement (render only)")
-    ap.add_argument("--out", default="results/detector_selection")
+    ap.add_argument("--out", default="results/studies/detector_selection")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("THREADS", "2")))
     t0 = time.perf_counter()

@@ -2,7 +2,7 @@
 beside the default detector's FNR for that trigger label.
 
 Reads the cached targets of `dnnpiracy reproduce --table 2 --profile cpu` (trains nothing; fails if a target is not
-cached) and results/table2.json.  Writes results/table2_class_difficulty.{md,json}.
+cached) and results/tables/table2.json.  Writes results/studies/table2_class_difficulty.{md,json}.
 
     python scripts/table2_class_difficulty.py
 """
@@ -21,7 +21,7 @@ from dnnpiracy.experiments.reproduce import PROFILES, load_table, table_cells
 from dnnpiracy.experiments.runner import default_cache_dir, get_target, target_key
 from dnnpiracy.io import atomic_write_text, git_commit, read_json, write_json
 
-OUT = Path("results/table2_class_difficulty")
+OUT = Path("results/studies/table2_class_difficulty")
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -45,7 +45,7 @@ def main() -> None:
     ds = load_dataset("fashion-mnist")
     design = default_detector(ds.name)
     cache = default_cache_dir()
-    table = read_json(Path("results/table2.json"))
+    table = read_json(Path("results/tables/table2.json"))
     fnr = {r["trigger_label"]: r for r in table["rows"] if r["detector"] == design}
     # one target per (trigger label, seed): the paper-detector cells name each target once
     cells = [c for c in table_cells(load_table("2"), PROFILES["cpu"], ds.name) if c.detector == "paper"]
@@ -71,7 +71,7 @@ def main() -> None:
     rho = spearman([r["class_accuracy"] for r in rows], [r["default_fnr_mean"] for r in rows])
     meta = {"detector": design, "spearman_class_accuracy_vs_fnr": rho, "wall_seconds": time.perf_counter() - t_start,
             "command": "python scripts/table2_class_difficulty.py", "git_commit": git_commit(),
-            "source": "cached Table II targets (cpu profile) and results/table2.json"}
+            "source": "cached Table II targets (cpu profile) and results/tables/table2.json"}
     write_json(OUT.with_suffix(".json"), {"rows": rows, "meta": meta})
     lines = ["# Table II: trigger-label difficulty against the target's per-class accuracy", "",
              f"For each trigger label L: the test accuracy of class L on the targets watermarked with L (mean over "

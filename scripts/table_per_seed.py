@@ -3,7 +3,7 @@
 that draw (`Cell.splits`), so a column that is low or high throughout points at the surrogate set, not the target.
 
 Reads the cached cells of `dnnpiracy reproduce --table N --profile cpu` (computes nothing; a missing cell is a
-blank).  Writes results/tableN_per_seed.{md,json}.
+blank).  Writes results/tables/tableN_per_seed.{md,json}.
 
     python scripts/table_per_seed.py --table 1
 """
@@ -68,7 +68,7 @@ def main() -> None:
             "wall_seconds": time.perf_counter() - t0, "detector": design, "dataset": ds_name}
     lines += ["", f"Wall time {meta['wall_seconds']:.1f} s (reads cached cells). Command `{meta['command']}`, "
               f"commit {meta['git_commit']}."]
-    out = Path(f"results/table{args.table}_per_seed")
+    out = Path(f"results/tables/table{args.table}_per_seed")
     write_json(out.with_suffix(".json"), {"cells": [{"trigger_label": k[0], "arch": k[1], "blocks": k[2],
                                                       "seed": k[3], **v} for k, v in sorted(grid.items())],
                                            "per_seed": per_seed, "meta": meta})

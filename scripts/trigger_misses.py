@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tables", default="1,2", help="comma-separated tables among 1-4")
     ap.add_argument("--profile", default="cpu", choices=sorted(PROFILES))
-    ap.add_argument("--out", default="results/trigger_misses", help="writes OUT.md and OUT.json")
+    ap.add_argument("--out", default="results/studies/trigger_misses", help="writes OUT.md and OUT.json")
     args = ap.parse_args()
     t0 = time.perf_counter()
     tables = [t.strip() for t in args.tables.split(",") if t.strip()]

@@ -11,7 +11,7 @@ The figure (``<out>.png``) draws the plane the term works in, for the first draw
 each (mean, std) pair, and the windows of clean and stamped evaluation images far enough from all of them to flag
 their image.
 
-    python scripts/window_stats_limits.py --draws 8 --out results/window_stats_limits
+    python scripts/window_stats_limits.py --draws 8 --out results/studies/window_stats_limits
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default="fashion-mnist,mnist-10k")
     ap.add_argument("--draws", type=int, default=8)
-    ap.add_argument("--out", default="results/window_stats_limits")
+    ap.add_argument("--out", default="results/studies/window_stats_limits")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows, panels = [], []
