@@ -64,7 +64,7 @@ def test_tiny_grid_runs_caches_and_renders(tmp_path):
     res2 = run_grid(grid, cache, progress=False, log=lambda _m: None)   # all cached: nothing recomputed
     assert {f: f.stat().st_mtime_ns for f in files} == stamps and len(res2["cells"]) == 4
     paths = render(grid, out, cache, command="test")
-    data = json.loads((out / "schemes.json").read_text())
+    data = json.loads((out / "schemes" / "schemes.json").read_text())
     rows = data["rows"]
     assert len(rows) == 4 and {r["scheme"] for r in rows} == {"content", "abstract"}
     assert {r["held_out"] for r in rows if r["scheme"] == "abstract"} == {True}

@@ -30,7 +30,7 @@ from torch import nn
 
 from dnnpiracy.attack.artifact_codec import SCORER_CLASSES, Decoder, Encoder
 from dnnpiracy.attack.detector import Detector, DetectorSpec, make_cam
-from dnnpiracy.attack.scorers import Scorer
+from dnnpiracy.attack.scorers import Scorer, bind_model
 from dnnpiracy.io import ArtifactError, atomic_write_text, git_commit, read_json, sha256_file
 from dnnpiracy.models import ArchInfo
 
@@ -227,6 +227,7 @@ def load_detector(path: str | Path, model: nn.Module, info: ArchInfo, model_meta
         scorer = dec.decode(body["scorer"])
         if not isinstance(scorer, Scorer):
             raise dec.fail("the stored scorer is not a scorer")
+        bind_model(scorer, model)       # STRIP / SCALE-UP query the served model
         thresholds = dec.decode(body["thresholds"])
         num_classes = int(body["num_classes"])
         fit_info = dec.decode(body["fit_info"])

@@ -34,10 +34,14 @@ from dnnpiracy.attack.scorers import (
     EnsembleScorer,
     HeatmapMassScorer,
     KNNScorer,
+    KthNeighbourScorer,
     LOFScorer,
     MahalanobisScorer,
     PatchKNNScorer,
+    ScaleUpScorer,
     Scorer,
+    STRIPScorer,
+    TiedMahalanobisScorer,
     WindowStatsScorer,
 )
 from dnnpiracy.config import GanConfig
@@ -46,7 +50,8 @@ from dnnpiracy.io import ArtifactError
 # the only classes an artifact may name (nothing is imported or constructed by a name read from a file)
 SCORER_CLASSES: dict[str, type[Scorer]] = {cls.__name__: cls for cls in (
     KNNScorer, MahalanobisScorer, PatchKNNScorer, WindowStatsScorer, DkNNScorer, ConfidentDkNNScorer, DCGANScorer,
-    HeatmapMassScorer, EnergyScorer, EnsembleScorer, ClassNormalizedScorer, LOFScorer)}
+    HeatmapMassScorer, EnergyScorer, EnsembleScorer, ClassNormalizedScorer, LOFScorer, STRIPScorer, ScaleUpScorer,
+    TiedMahalanobisScorer, KthNeighbourScorer)}
 DATACLASSES: dict[str, type] = {"GanConfig": GanConfig}
 # module class -> (the class, its constructor arguments taken from the scorer that holds it)
 MODULES: dict[str, tuple[type[nn.Module], Any]] = {
@@ -133,6 +138,8 @@ class Encoder:
             raise ArtifactError(f"cannot store {path}: unknown scorer class {type(obj).__module__}.{name}")
         state = {}
         for k, v in vars(obj).items():
+            if k == "_model":      # the target a query scorer is bound to: the served model, bound again on load
+                continue
             packer = PACKED.get(type(obj), {}).get(k)
             if packer is not None and isinstance(v, dict) and all(isinstance(t, torch.Tensor) for t in v.values()):
                 packed = {c: packer[0](obj, t) for c, t in v.items()}

@@ -36,11 +36,16 @@ from dnnpiracy.attack.scorers import (
     Evidence,
     HeatmapMassScorer,
     KNNScorer,
+    KthNeighbourScorer,
     LOFScorer,
     MahalanobisScorer,
     PatchKNNScorer,
+    ScaleUpScorer,
     Scorer,
+    STRIPScorer,
+    TiedMahalanobisScorer,
     WindowStatsScorer,
+    bind_model,
 )
 from dnnpiracy.attack.thresholds import calibrated_thresholds, exceed_probability, paper_thresholds, threshold_rank
 from dnnpiracy.config import DetectorConfig, GanConfig
@@ -71,6 +76,12 @@ SCORERS: dict[str, Callable[[DetectorConfig], Scorer]] = {
     "mass": lambda cfg: HeatmapMassScorer(),
     "energy": lambda cfg: EnergyScorer(),
     "lof": lambda cfg: LOFScorer(),
+    # published query detectors (docs/peers_protocol.md): STRIP and SCALE-UP query the target on transformed inputs;
+    # Lee et al.'s tied-covariance Mahalanobis and Sun et al.'s k-th neighbour distance read penultimate features
+    "strip": lambda cfg: STRIPScorer(n=20, seed=cfg.seed),
+    "scale-up": lambda cfg: ScaleUpScorer(),
+    "mahalanobis-lee": lambda cfg: TiedMahalanobisScorer(),
+    "knn-ood": lambda cfg: KthNeighbourScorer(k=5),
     "patch-input": lambda cfg: PatchKNNScorer("input"),
     "patch-input-any": lambda cfg: PatchKNNScorer("input", class_conditional=False),
     "ensemble-stages-input-patch": lambda cfg: EnsembleScorer(
@@ -342,7 +353,7 @@ def fit_detector(model: nn.Module, info: ArchInfo, surrogate_x: torch.Tensor, su
     y_pred = probe.predictions
     if traffic_x is not None:   # a traffic query's "label" is the target's prediction
         surrogate_y = torch.cat([surrogate_y, y_pred[len(surrogate_x):]])
-    scorer = build_scorer(spec.scorer, cfg)
+    scorer = bind_model(build_scorer(spec.scorer, cfg), model, tuple(surrogate_x.shape[1:]))
     if spec.rule == "paper":
         scorer.fit(ev, surrogate_y, y_pred)
         in_sample = scorer.score(ev, surrogate_y)          # D_y on T_y, as the paper defines alpha_y

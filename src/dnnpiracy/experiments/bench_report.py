@@ -184,9 +184,9 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
     L += ["## Schemes", "", "| scheme | reference | what a trigger is |", "|---|---|---|"]
     L += [f"| {n} | {s['reference']} | {s['summary']} |" for n, s in summaries.items()]
     L += ["", "Heat map of the matrix (colour: FNR at an oracle threshold with clean FPR <= 1 %; text: the calibrated "
-          "detector's FNR and FPR):", "", "![matrix](schemes/matrix.png)", "",
+          "detector's FNR and FPR):", "", "![matrix](matrix.png)", "",
           "Each scheme's first embedded triggers (seed of the grid's first column, label after the arrow):", "",
-          "![gallery](schemes/gallery.png)", "",
+          "![gallery](gallery.png)", "",
           f"Cells: {meta['cells_done']}/{meta['cells_total']} finished; {meta.get('failed', 0)} failed. "
           f"Compute of the finished cells: {meta['compute_seconds']:.0f} s (targets {meta['target_seconds']:.0f} s, "
           f"detectors {meta['detector_seconds']:.0f} s) on {', '.join(meta['devices'])}; the cells were computed at "

@@ -25,6 +25,7 @@ from dnnpiracy.config import DetectorConfig, GanConfig, TrainConfig, TriggerConf
 from dnnpiracy.data import Dataset, load_dataset, make_splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.experiments.executor import RayOptions, map_jobs
+from dnnpiracy.experiments.removal_cells import RemovalCell, removal_path, run_removals
 from dnnpiracy.experiments.reproduce import PROFILES, compute_device
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import git_commit, read_json, write_json
@@ -56,6 +57,10 @@ def load_grid(name: str) -> dict:
     for d in grid["detectors"]:
         if d != "default":
             resolve_spec(d)          # an unknown detector fails here, before any training
+    for r in grid.get("removals", []):        # removal columns (the peers grid), checked before any training
+        RemovalCell(None, r, "surrogate")
+    for data in grid.get("removal_data", ["surrogate"]):
+        RemovalCell(None, "ftal", data)
     return grid
 
 
@@ -137,10 +142,16 @@ def cell_path(cache_dir: Path, cell: BenchCell) -> Path:
 
 
 def run_target(t: SchemeTarget, dets: list[str], ds: Dataset, cache_dir: Path, progress: bool = False,
-               log=print) -> list[dict]:
-    """Train (or reuse) the target, then fit and evaluate every detector of ``dets`` whose cell is not cached."""
+               log=print, removals: tuple[RemovalCell, ...] = ()) -> list[dict]:
+    """Train (or reuse) the target, then fit and evaluate every detector of ``dets`` and run every removal attack of
+    ``removals`` whose cell is not cached."""
     cells = [BenchCell(t, d) for d in dets]
     todo = [c for c in cells if not cell_path(cache_dir, c).exists()]
+    removal_todo = [c for c in removals if not removal_path(cache_dir, c).exists()]
+    if removal_todo:
+        target = get_target(ds, t.target_splits(ds), t.train, t.trigger_config(), cache_dir, progress, log)
+        splits = t.splits(ds)
+        run_removals(removal_todo, ds, target, fresh_triggers_for(ds, splits, t.trigger_config()), splits, cache_dir)
     if todo:
         trigger = t.trigger_config()
         t0 = time.perf_counter()
@@ -160,7 +171,8 @@ def run_target(t: SchemeTarget, dets: list[str], ds: Dataset, cache_dir: Path, p
             out = _run_cell(cell, ds, target, fresh, splits, probes, info)
             out.update(probe_seconds=probe_seconds, target_seconds=target_seconds)
             write_json(cell_path(cache_dir, cell), out)
-    return [read_json(cell_path(cache_dir, c)) for c in cells]
+    return [read_json(cell_path(cache_dir, c)) for c in cells] + [read_json(removal_path(cache_dir, c))
+                                                                   for c in removals]
 
 
 def _run_cell(cell: BenchCell, ds, target, fresh, splits, probes, info) -> dict:
@@ -196,7 +208,8 @@ def run_grid(grid: dict, cache_dir: Path | None = None, targets_only: bool = Fal
     cache_dir = Path(cache_dir or default_cache_dir())
     t0 = time.perf_counter()
     jobs = [(t, [] if targets_only or t.scheme is None else
-             [d for d in designs(grid, t.dataset) if not detectors or d in detectors], str(cache_dir))
+             [d for d in designs(grid, t.dataset) if not detectors or d in detectors], str(cache_dir),
+             () if targets_only or t.scheme is None or detectors else removal_cells(grid, t))
             for t in grid_targets(grid)
             if (not only_datasets or t.dataset in only_datasets) and (not only_seeds or t.seed in only_seeds)]
     results, failed = map_jobs(target_job, jobs, executor, ray_options, progress, f"grid {grid['name']}",
@@ -204,18 +217,27 @@ def run_grid(grid: dict, cache_dir: Path | None = None, targets_only: bool = Fal
     return {"cells": [c for r in results for c in r], "failed": failed, "seconds": time.perf_counter() - t0}
 
 
-def target_job(job: tuple[SchemeTarget, list[str], str]) -> list[dict]:
-    """One job of the grid: train or reuse the target, then compute its missing cells (``dets``; none: only the
-    target).  Module-level, so a Ray worker can import it."""
-    t, dets, cache_dir = job
+def removal_cells(grid: dict, t: SchemeTarget) -> tuple[RemovalCell, ...]:
+    """The removal cells of a target: every removal attack of the grid with every kind of attacker data."""
+    return tuple(RemovalCell(t, r, data) for data in grid.get("removal_data", ["surrogate"])
+                 for r in grid.get("removals", []))
+
+
+def target_job(job: tuple) -> list[dict]:
+    """One job of the grid: train or reuse the target, then compute its missing cells (``dets`` and the removal
+    cells; none: only the target).  Module-level, so a Ray worker can import it."""
+    t, dets, cache_dir = job[:3]
+    removals = job[3] if len(job) > 3 else ()
     cache = Path(cache_dir)
-    if dets and all(cell_path(cache, BenchCell(t, d)).exists() for d in dets):
-        return [read_json(cell_path(cache, BenchCell(t, d))) for d in dets]
+    if (dets or removals) and all(cell_path(cache, BenchCell(t, d)).exists() for d in dets) and \
+            all(removal_path(cache, c).exists() for c in removals):
+        return [read_json(cell_path(cache, BenchCell(t, d))) for d in dets] + \
+            [read_json(removal_path(cache, c)) for c in removals]
     ds = _dataset(t.dataset)
-    if not dets:
+    if not dets and not removals:
         get_target(ds, t.target_splits(ds), t.train, t.trigger_config(), cache, False, lambda _m: None)
         return []
-    return run_target(t, dets, ds, cache, False, lambda _m: None)
+    return run_target(t, dets, ds, cache, False, lambda _m: None, removals)
 
 
 @lru_cache(maxsize=2)
@@ -224,144 +246,10 @@ def _dataset(name: str) -> Dataset:
 
 
 __all__ = ["load_grid", "SchemeTarget", "BenchCell", "grid_targets", "designs", "run_target", "run_grid",
-           "cell_path", "CELL_DIR"]
+           "cell_path", "CELL_DIR", "removal_cells", "render"]
 
 
-
-# ------------------------------------------------------------------------------------------------ collect, render
-def cached_cells(grid: dict, cache_dir: Path | None = None) -> tuple[list[dict], int]:
-    """(the finished cells of ``grid`` in the cache, the number of cells the grid has)."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    outs, total = [], 0
-    for t in grid_targets(grid):
-        if t.scheme is None:
-            continue
-        for d in designs(grid, t.dataset):
-            total += 1
-            p = cell_path(cache_dir, BenchCell(t, d))
-            if p.exists():
-                outs.append(read_json(p))
-    return outs, total
-
-
-def clean_baselines(grid: dict, cache_dir: Path | None = None) -> list[dict]:
-    """The unwatermarked targets' test accuracies that are in the cache (dataset, seed, test_accuracy)."""
-    from dnnpiracy.experiments.runner import target_key
-    cache_dir = Path(cache_dir or default_cache_dir())
-    out = []
-    for t in grid_targets(grid):
-        if t.scheme is not None:
-            continue
-        ds = _dataset(t.dataset)
-        rep = cache_dir / "targets" / target_key(ds.name, t.train, None, t.target_splits(ds)) / "report.json"
-        if rep.exists():
-            r = read_json(rep)
-            out.append({"clean_baseline": True, "dataset": t.dataset, "seed": t.seed,
-                        "test_accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds", 0.0)})
-    return out
-
-
-def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: str = "", wall_seconds: float = 0.0,
-           failed: int = 0, overwrite: bool = False) -> list[Path]:
-    """Write the grid's report from the cached cells: the benchmark (``schemes.md`` / ``.json`` and
-    ``schemes/{matrix,gallery}.png``) or, for a selection grid, ``selection/<grid>.md`` / ``.json``.  A render that
-    would hold fewer cells than the report already in ``out_dir`` stops with a ValueError unless ``overwrite``."""
-    from dnnpiracy.experiments import bench_report as br
-    from dnnpiracy.io import atomic_write_bytes, atomic_write_text
-    from dnnpiracy.watermark import SCHEMES
-    out_dir = Path(out_dir)
-    cells, total = cached_cells(grid, cache_dir)
-    clean = clean_baselines(grid, cache_dir)
-    selection = grid["name"] != "schemes" and set(grid["schemes"]) <= set(grid["development"])
-    stem = out_dir / "selection" / grid["name"] if selection else out_dir / "schemes"
-    json_path = stem.with_suffix(".json")
-    if json_path.exists() and not overwrite:
-        before = read_json(json_path).get("meta", {}).get("cells_done", 0)
-        if before > len(cells):
-            raise ValueError(f"{json_path} holds {before} cells, this render only {len(cells)} (another cache?); "
-                             "pass overwrite to replace it")
-    per_target = {(c["cell"]["scheme"], c["cell"]["dataset"], c["cell"]["seed"]): c for c in cells}
-    target_seconds = sum(c["target_report"]["wall_seconds"] or 0.0 for c in per_target.values()) + \
-        sum(c["wall_seconds"] for c in clean)
-    detector_seconds = sum(c["seconds"] for c in cells) + sum(c.get("probe_seconds", 0.0) for c in per_target.values())
-    meta = {"grid": grid["name"], "cells_done": len(cells), "cells_total": total, "failed": failed,
-            "command": command, "git_commit": git_commit(), "wall_seconds": wall_seconds,
-            "target_seconds": target_seconds, "detector_seconds": detector_seconds,
-            "compute_seconds": target_seconds + detector_seconds,
-            "devices": sorted({c["device"] for c in cells}) or ["cpu"],
-            "protocol": "docs/heldout_protocol.md", "development": grid["development"],
-            "profile": profile_note(grid), "cell_commits": sorted({c["git_commit"] for c in cells})}
-    rows = br.aggregate(cells, grid["development"], br.clean_accuracy(clean))
-    if selection:
-        ranking = br.selection_scores(cells)
-        loso = {s: (br.selection_scores(cells, exclude_scheme=s) or [{}])[0].get("detector")
-                for s in grid["schemes"]}
-        write_json(json_path, {"meta": meta, "ranking": ranking, "leave_one_scheme_out": loso, "rows": rows})
-        atomic_write_text(stem.with_suffix(".md"), selection_markdown(grid, ranking, loso, rows, meta))
-        return [json_path, stem.with_suffix(".md")]
-    default_name = default_detector(grid["datasets"][0])
-    meta["mea_defender"] = br.mea_defender_claim(cells)
-    meta["detector_order"] = designs(grid, grid["datasets"][0])
-    summaries = {n: SCHEMES[n](TriggerConfig(scheme=n)).describe() for n in grid["schemes"]}
-    write_json(json_path, {"meta": {**meta, "default": default_name}, "rows": rows, "clean_baselines": clean})
-    atomic_write_text(stem.with_suffix(".md"), br.schemes_markdown(rows, grid, default_name, meta, summaries))
-    paths = [json_path, stem.with_suffix(".md")]
-    if rows:
-        present = {r["detector"] for r in rows}
-        dets = [d for d in designs(grid, grid["datasets"][0]) if d in present]    # the grid's order, default first
-        paths.append(atomic_write_bytes(stem / "matrix.png", br.matrix_png(rows, dets)))
-    paths.append(atomic_write_bytes(stem / "gallery.png", br.gallery_png(gallery_sets(grid))))
-    return paths
-
-
-def profile_note(grid: dict) -> str:
-    """How the grid's targets are trained and attacked, in words."""
-    parts = []
-    for d, t in {t.dataset: t for t in grid_targets(grid)}.items():
-        tr = t.train
-        parts.append(f"{d}: {tr.arch}, {tr.epochs} epochs, lr {tr.lr:g}, batch {tr.batch_size}, triggers "
-                     f"x{tr.trigger_oversample} per epoch, surrogate {t.surrogate_fraction:g} of the test set, "
-                     f"DCGAN {t.gan_epochs} epochs")
-    return "; ".join(parts)
-
-
-def gallery_sets(grid: dict) -> dict:
-    """Each scheme's embedded trigger set of the grid's first seed, per dataset (made again: it is deterministic)."""
-    from dnnpiracy.watermark import make_trigger_set
-    sets = {}
-    seed, label = grid["seeds"][0], grid["trigger_labels"][0]
-    for d in grid["datasets"]:
-        ds = _dataset(d)
-        for s in grid["schemes"]:
-            sets[(s, d)] = make_trigger_set(ds.train_x, ds.train_y, TriggerConfig(trigger_label=label, seed=seed,
-                                                                                  scheme=s), d)
-    return sets
-
-
-def selection_markdown(grid: dict, ranking: list[dict], loso: dict, rows: list[dict], meta: dict) -> str:
-    from dnnpiracy.experiments.bench_report import _f
-    L = [f"# {grid['title']}", "",
-         "Protocol and criterion: `docs/heldout_protocol.md` (committed before this run). A candidate *passes* a "
-         "development target when FPR <= 0.01, FNR <= 0.2 and the owner's verification says 'not pirated'. Ranked by "
-         "the share passed, then the mean of (FNR + fresh FNR) / 2, then the mean FPR, then the number of terms.", "",
-         "| rank | detector | targets | share passed | mean (FNR + fresh FNR)/2 | mean FNR | mean FPR | mean AUROC "
-         "| terms |", "|---|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(ranking, 1):
-        L.append(f"| {i} | `{r['detector']}` | {r['n_targets']} | {_f(r['pass_share'], 3)} "
-                 f"| {_f(r['mean_fnr_embedded_fresh'])} | {_f(r['mean_fnr'])} | {_f(r['mean_fpr'], 4)} "
-                 f"| {_f(r['mean_auroc'])} | {r['terms']} |")
-    win = ranking[0]["detector"] if ranking else None
-    L += ["", f"**Selected: `{win}`.**", "", "Leave-one-scheme-out (the criterion without one development scheme):", ""]
-    L += [f"- without `{s}`: `{w}`" + ("" if w == win else " (differs)") for s, w in loso.items()]
-    L += ["", "## Per target (FPR / FNR / fresh FNR / owner's verdict on the pirated model)", "",
-          "| dataset | scheme | detector | FPR | FNR | fresh FNR | AUROC | owner | passes |", "|---" * 9 + "|"]
-    for r in rows:
-        L.append(f"| {r['dataset']} | {r['scheme']} | `{r['detector']}` | {_f(r['fpr_mean'], 4)} "
-                 f"| {_f(r['fnr_mean'])} "
-                 f"| {_f(r['fnr_fresh_mean'])} | {_f(r['auroc_mean'])} "
-                 f"| {'pirated' if r['owner_pirated_share'] else 'not pirated'} | {all(r['passes_per_seed'])} |")
-    L += ["", f"Cells {meta['cells_done']}/{meta['cells_total']}; compute {meta['compute_seconds']:.0f} s "
-          f"(targets {meta['target_seconds']:.0f} s, detectors {meta['detector_seconds']:.0f} s) on "
-          f"{', '.join(meta['devices'])}. Command `{meta['command']}`, commit {meta['git_commit']}, wall time "
-          f"{meta['wall_seconds']:.0f} s."]
-    return "\n".join(L) + "\n"
+def render(*args, **kwargs):
+    """The grid's report from the cached cells (``benchmark_render.render``)."""
+    from dnnpiracy.experiments.benchmark_render import render as _render
+    return _render(*args, **kwargs)

@@ -8,7 +8,8 @@ spatial maximum, ``input``), and is a few lines on top of
 
 One file per family: ``base`` (the interface and the cross-fitting folds), ``distance`` (k-NN, Mahalanobis),
 ``local`` (patch and window scorers), ``neighbours`` (Deep k-NN), ``paper`` (the paper's DCGAN, heatmap mass),
-``logits`` (energy), ``combine`` (ensembles, class normalisation), ``lof`` (scikit-learn's Local Outlier Factor).
+``logits`` (energy), ``combine`` (ensembles, class normalisation), ``lof`` (scikit-learn's Local Outlier Factor),
+``ood`` (Lee et al.'s Mahalanobis, Sun et al.'s k-th neighbour), ``query`` (STRIP and SCALE-UP, which query the target).
 """
 
 from dnnpiracy.attack.scorers.base import LEAVE_ONE_OUT, Evidence, Scorer, class_groups, stratified_folds
@@ -18,8 +19,12 @@ from dnnpiracy.attack.scorers.local import PatchKNNScorer, WindowStatsScorer
 from dnnpiracy.attack.scorers.lof import LOFScorer
 from dnnpiracy.attack.scorers.logits import EnergyScorer
 from dnnpiracy.attack.scorers.neighbours import ConfidentDkNNScorer, DkNNScorer
+from dnnpiracy.attack.scorers.ood import KthNeighbourScorer, TiedMahalanobisScorer
 from dnnpiracy.attack.scorers.paper import DCGANScorer, HeatmapMassScorer
+from dnnpiracy.attack.scorers.query import ModelQueryScorer, ScaleUpScorer, STRIPScorer, bind_model
 
 __all__ = ["LEAVE_ONE_OUT", "Evidence", "Scorer", "class_groups", "stratified_folds", "ClassNormalizedScorer",
            "EnsembleScorer", "KNNScorer", "MahalanobisScorer", "PatchKNNScorer", "WindowStatsScorer", "LOFScorer",
-           "EnergyScorer", "ConfidentDkNNScorer", "DkNNScorer", "DCGANScorer", "HeatmapMassScorer"]
+           "EnergyScorer", "ConfidentDkNNScorer", "DkNNScorer", "DCGANScorer", "HeatmapMassScorer",
+           "TiedMahalanobisScorer", "KthNeighbourScorer", "ModelQueryScorer", "STRIPScorer", "ScaleUpScorer",
+           "bind_model"]
