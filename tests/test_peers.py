@@ -253,3 +253,34 @@ def test_a_saved_strip_detector_rebinds_the_served_model(tmp_path):
     path = save_detector(det, tmp_path / "det", model_meta_for(mpath, model), model)
     loaded = load_detector(path, model, info)
     torch.testing.assert_close(loaded.inspect(q).scores, before)
+
+
+def test_a_tiny_peers_grid_runs_removals_and_renders_the_criterion(tmp_path):
+    """Detectors and removal attacks as columns of one grid: cached cells, the peers report and its winner table."""
+    import json
+
+    from dnnpiracy.experiments.benchmark import load_grid, render, run_grid
+    p = tmp_path / "peers.toml"
+    p.write_text('title = "tiny peers"\ndatasets = ["digits-tiny"]\nschemes = ["content"]\ndevelopment = ["content"]\n'
+                 'seeds = [0]\ntrigger_labels = [3]\ndetectors = ["scale-up", "knn-ood"]\n'
+                 'removals = ["ftal", "distillation"]\nremoval_data = ["surrogate"]\narch = "small-cnn"\nlr = 0.001\n'
+                 'epochs = {digits-tiny = 3}\nsurrogate_fraction = {digits-tiny = 0.3}\n')
+    grid = load_grid(str(p))
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    res = run_grid(grid, cache, progress=False, log=lambda _m: None)
+    assert not res["failed"] and len(res["cells"]) == 4
+    assert len(list((cache / "removal_cells").glob("*.json"))) == 2
+    render(grid, out, cache, command="test")
+    data = json.loads((out / "peers" / "peers.json").read_text())
+    kinds = {r["attack"]: r["kind"] for r in data["rows"]}
+    assert kinds == {"scale-up": "detector", "knn-ood": "detector", "ftal": "removal", "distillation": "removal"}
+    for r in data["rows"]:
+        assert 0 <= r["evasion_share"] <= 1 and len(r["p_values"]) == 1
+    (w,) = data["winners"]
+    full = [r for r in data["rows"] if r["evasion_share"] == 1.0]
+    if full:     # the criterion: the cheapest attack among those evading in every seed
+        assert w["accuracy_loss_mean"] == min(r["accuracy_loss_mean"] for r in full)
+    assert (out / "peers" / "tradeoff.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="unknown removal"):
+        p.write_text(p.read_text().replace('"ftal"', '"no-such-removal"'))
+        load_grid(str(p))
