@@ -171,12 +171,13 @@ DEFAULT_BY_DATASET: dict[str, str] = {}
 # The handful of names a user chooses between (``dnnpiracy detectors``); every other registered name is an
 # exploratory design kept for the selection tooling and for re-rendering earlier results (``detectors --all``).
 USER_DETECTORS: dict[str, str] = {
-    "default": "the held-out protocol's choice: stage + input Mahalanobis, input kNN, patch, window (summed)",
-    "paper": "the paper: per-class DCGAN discriminator on Grad-CAM heatmaps, threshold alpha_y + tau",
+    "default": "held-out protocol's choice: stage + input Mahalanobis, input kNN, patch, window",
+    "paper": "the paper: per-class DCGAN on Grad-CAM heatmaps, threshold alpha_y + tau",
     "paper-calibrated": "the paper's DCGAN scorer with the calibrated (conformal) threshold",
     "mahalanobis-stages": "one Mahalanobis distance over all pooled stage activations (reads the target)",
     "dknn": "Deep kNN: how many early-stage neighbours carry another label (reads the target)",
     "lof": "Local Outlier Factor on penultimate features (scikit-learn; MEA-Defender's test)",
+    "strip": "STRIP (Gao et al.): low entropy of answers on blends; peers: scale-up, mahalanobis-lee, knn-ood",
     "patch-input": "the query's most unusual input patch against the surrogate set's",
     "window-stats": "the most unusual flat window (assumes a solid stamp)",
     "ensemble:A,B,...": "compose any scorers: each standardised on out-of-fold scores, then summed",
