@@ -52,6 +52,13 @@ def main() -> None:
         rate_eq = (c["killed"] - eq_killed) / (total - n_eq)
         print(f"| {path} | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | {c['skipped']} | {other} | "
               f"{rate:.1%} | {n_eq} | {rate_eq:.1%} |")
+    if rows:
+        total = sum(r[1] for r in rows)
+        c = sum((r[2] for r in rows), Counter())
+        n_eq, eq_killed = sum(r[3] for r in rows), sum(r[4] for r in rows)
+        other = total - sum(c[s] for s in ("killed", "survived", "timeout", "skipped"))
+        print(f"| all | {total} | {c['killed']} | {c['survived']} | {c['timeout']} | {c['skipped']} | {other} | "
+              f"{c['killed'] / total:.1%} | {n_eq} | {(c['killed'] - eq_killed) / (total - n_eq):.1%} |")
     if unknown:
         raise SystemExit(f"excluded names that are not mutants of the last run: {sorted(unknown)}")
 

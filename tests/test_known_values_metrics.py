@@ -142,7 +142,7 @@ def test_wilson_closed_form_at_k_equal_zero():
 
 
 def test_wilson_is_clipped_to_the_unit_interval():
-    # without the clip, rounding gives a lower bound of -1e-17 at 0/7 and an upper bound of 1 + 2e-16 at 20/20
+    # without the clip, rounding gives a lower bound of -2.8e-17 at 0/7 and an upper bound of 1 + 2.2e-16 at 20/20
     assert wilson_interval(0, 7)[0] == 0.0
     assert wilson_interval(20, 20)[1] == 1.0
     for n in range(1, 61):
