@@ -284,3 +284,38 @@ def test_a_tiny_peers_grid_runs_removals_and_renders_the_criterion(tmp_path):
     with pytest.raises(ValueError, match="unknown removal"):
         p.write_text(p.read_text().replace('"ftal"', '"no-such-removal"'))
         load_grid(str(p))
+
+
+# ------------------------------------------------------------------------------------------------ readings of `paper`
+def test_alpha_as_the_class_mean_reading():
+    from dnnpiracy.attack.thresholds import paper_thresholds
+    scores = torch.tensor([1.0, 3.0, 8.0, 2.0, 2.0])
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    torch.testing.assert_close(paper_thresholds(scores, labels, 0.5, 3),
+                               torch.tensor([8.5, 2.5, math.inf]))
+    torch.testing.assert_close(paper_thresholds(scores, labels, 0.5, 3, "mean"),
+                               torch.tensor([4.5, 2.5, math.inf]))
+    with pytest.raises(ValueError, match="alpha_of"):
+        paper_thresholds(scores, labels, 0.5, 3, "median")
+
+
+def test_paper_readings_are_named_variants_of_the_literal_detector():
+    from dataclasses import replace
+
+    from dnnpiracy.attack.dcgan import Discriminator, train_dcgan
+    from dnnpiracy.attack.registry import DETECTORS, SCORERS
+    from dnnpiracy.config import DetectorConfig, GanConfig
+    assert DETECTORS["paper"].alpha_of == "max" and DETECTORS["paper-alpha-mean"].alpha_of == "mean"
+    for name in ("paper-bn-eps", "paper-d5", "paper-alpha-mean"):
+        assert DETECTORS[name].rule == "paper"
+    cfg = DetectorConfig(gan=GanConfig(epochs=1))
+    assert SCORERS["dcgan-bn-eps"](cfg).cfg.bn_eps == 1e-5 and SCORERS["dcgan"](cfg).cfg.bn_eps == 0.8
+    assert SCORERS["dcgan-d5"](cfg).d_steps == 5
+    bn = [m for m in Discriminator(replace(GanConfig(), bn_eps=1e-5)).modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bn and all(m.eps == 1e-5 for m in bn)
+    # more discriminator steps per generator step train another discriminator from the same seed
+    h = torch.rand(16, 1, 7, 7, generator=torch.Generator().manual_seed(0))
+    g = GanConfig(epochs=1, batch_size=8)
+    d1, d1b, d5 = train_dcgan(h, g, seed=0), train_dcgan(h, g, seed=0), train_dcgan(h, g, seed=0, d_steps=5)
+    w = lambda d: torch.cat([p.flatten() for p in d.parameters()])   # noqa: E731
+    assert torch.equal(w(d1), w(d1b)) and not torch.equal(w(d1), w(d5))

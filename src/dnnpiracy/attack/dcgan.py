@@ -61,8 +61,9 @@ def to_gan_input(heatmaps: torch.Tensor, img_size: int) -> torch.Tensor:
 
 
 def train_dcgan(heatmaps: torch.Tensor, cfg: GanConfig, seed: int = 0,
-                device: torch.device | str | None = None) -> Discriminator:
+                device: torch.device | str | None = None, d_steps: int = 1) -> Discriminator:
     """Train one DCGAN on ``heatmaps`` ([0,1], (N,1,H,W)); return its discriminator on the CPU, in eval mode.
+    ``d_steps`` discriminator updates follow each generator update (1 = PyTorch-GAN's loop).
 
     Trains on ``device`` (default: CUDA when available). Shuffles and latents are drawn on the CPU from one
     seeded generator, so a CPU run is bit-for-bit what it was before devices were supported."""
@@ -91,10 +92,11 @@ def train_dcgan(heatmaps: torch.Tensor, cfg: GanConfig, seed: int = 0,
             fake = G(z)
             F.binary_cross_entropy(D(fake), ones).backward()
             opt_g.step()
-            opt_d.zero_grad()
-            d_loss = (F.binary_cross_entropy(D(real), ones) + F.binary_cross_entropy(D(fake.detach()), zeros)) / 2
-            d_loss.backward()
-            opt_d.step()
+            for _ in range(d_steps):
+                opt_d.zero_grad()
+                d_loss = (F.binary_cross_entropy(D(real), ones) + F.binary_cross_entropy(D(fake.detach()), zeros)) / 2
+                d_loss.backward()
+                opt_d.step()
     return D.cpu().eval()
 
 

@@ -7,14 +7,19 @@ import math
 import torch
 
 
-def paper_thresholds(in_sample: torch.Tensor, y_true: torch.Tensor, tau: float, num_classes: int) -> torch.Tensor:
+def paper_thresholds(in_sample: torch.Tensor, y_true: torch.Tensor, tau: float, num_classes: int,
+                     alpha_of: str = "max") -> torch.Tensor:
     """The paper's rule: alpha_y = the largest score over T_y (surrogate inputs of class y, scored by the detector
-    fitted on them); threshold_y = alpha_y + tau.  A class with no surrogate input never flags (threshold +inf)."""
+    fitted on them); threshold_y = alpha_y + tau.  A class with no surrogate input never flags (threshold +inf).
+    ``alpha_of="mean"`` reads alpha_y as the class's mean score instead (a reading of the text tested against the
+    paper's Table V)."""
+    if alpha_of not in ("max", "mean"):
+        raise ValueError(f"alpha_of must be 'max' or 'mean', got {alpha_of!r}")
     alpha = torch.full((num_classes,), math.inf)
     for c in range(num_classes):
         s = in_sample[(y_true == c) & torch.isfinite(in_sample)]
         if len(s):
-            alpha[c] = s.max()
+            alpha[c] = s.max() if alpha_of == "max" else s.mean()
     return alpha + tau
 
 

@@ -15,13 +15,14 @@ class DCGANScorer(Scorer):
     name = "dcgan"
     evidence = "heatmap"
 
-    def __init__(self, cfg: GanConfig | None = None, seed: int = 0):
-        self.cfg, self.seed = cfg or GanConfig(), seed
+    def __init__(self, cfg: GanConfig | None = None, seed: int = 0, d_steps: int = 1):
+        self.cfg, self.seed, self.d_steps = cfg or GanConfig(), seed, d_steps
         self.discriminators: dict[int, Discriminator] = {}
 
     def fit(self, ev, y, y_pred=None):
         X = ev.need("heatmap")
-        self.discriminators = {c: train_dcgan(X[idx], self.cfg, seed=self.seed + c) for c, idx in class_groups(y)}
+        self.discriminators = {c: train_dcgan(X[idx], self.cfg, seed=self.seed + c,
+                                              d_steps=getattr(self, "d_steps", 1)) for c, idx in class_groups(y)}
         return self
 
     def score(self, ev, y):
