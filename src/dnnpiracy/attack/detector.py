@@ -2,15 +2,16 @@
 scorer fitted on the surrogate set, and a threshold rule.
 
 ``DETECTORS`` (attack/registry.py) names the ready-made ones; ``ensemble:a,b,c`` composes scorers of ``SCORERS``
-(each standardised by its out-of-fold surrogate scores, then summed).  ``paper`` is the method as published (one
-DCGAN per label, alpha_y + tau).  ``default`` is ``ensemble-mahalanobis-stages-input-knn-patch-window`` on every dataset: the sum of
-the Mahalanobis distance of all pooled stage activations, the Mahalanobis distance of the raw input, its
-nearest-neighbour distance, its most unusual patch (``PatchKNNScorer``) and its most unusual window
+(each standardised by its out-of-fold surrogate scores, then summed). ``paper`` is the method as published (one
+DCGAN per label, alpha_y + tau). ``default`` is ``ensemble-mahalanobis-stages-input-knn-patch-window`` on every
+dataset: the sum of the Mahalanobis distance of all pooled stage activations, the Mahalanobis distance of the raw
+input, its nearest-neighbour distance, its most unusual patch (``PatchKNNScorer``) and its most unusual window
 (``WindowStatsScorer``), chosen among eight candidates on development watermark schemes only
-(docs/heldout_protocol.md, results/selection/selection.md) and judged on held-out ones (results/schemes.md).
+(docs/heldout_protocol.md, results/selection/selection.md) and judged on held-out ones
+(results/schemes/schemes.md).
 
 Calibrated detectors are thresholded by cross-fitted split conformal calibration at a 1 % target FPR, held with 90 %
-confidence over the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py).  Earlier defaults
+confidence over the surrogate draw (``DetectorConfig.fpr_confidence``; attack/thresholds.py). Earlier defaults
 (``ensemble-patch-dknn-window`` for Fashion-MNIST, ``ensemble-mahalanobis-stages-input-knn-patch``, ...) stay
 selectable; docs/detector_selection.md tells how each was chosen.
 """
