@@ -8,22 +8,37 @@ DATA_DIR="${DNNPIRACY_DATA:-$HOME/.cache/dnnpiracy/data}"
 
 say() { printf '[setup] %s\n' "$*"; }
 
-# 1. the package (torch pinned to the CPU build; no torchvision).  EXTRAS=dev,ray also installs Ray (--executor ray).
+# 1. the package, in a virtual environment .venv (works on a stock, "externally managed" Debian python3 too), with
+#    torch pinned to the CPU build and no torchvision.  EXTRAS=dev,ray also installs Ray (--executor ray).
+#    VENV=path picks another environment; an existing one is reused.
 HERE="$(pwd)/src/dnnpiracy"
 EXTRAS="${EXTRAS:-dev}"
-CHECK="import dnnpiracy, pytest, hypothesis, schemathesis, fastapi, sklearn, os"
-case ",$EXTRAS," in *,ray,*) CHECK="$CHECK, ray" ;; esac
-if [ "$("$PY" -c "$CHECK; print(os.path.dirname(dnnpiracy.__file__))" 2>/dev/null)" = "$HERE" ] \
-   && [ "${FORCE:-0}" != 1 ]; then
-  say "python package already installed from this checkout"
-else
-  say "installing the python package and its extras [$EXTRAS] (pip)"
-  if ! "$PY" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]"; then
-    say "pip failed. On a stock Debian/Ubuntu python3 ('externally-managed-environment'), make a virtual"
-    say "environment first: python3 -m venv .venv && . .venv/bin/activate, then run this script again."
-    exit 1
+VENV="${VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the virtual environment $VENV ($PY -m venv)"
+  if ! "$PY" -m venv "$VENV" 2>/dev/null; then
+    rm -rf "$VENV"
+    if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+      say "python3 -m venv needs Debian's python3-venv: installing it (apt)"
+      apt-get update -qq >/dev/null 2>&1 || true
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null || true
+    fi
+    "$PY" -m venv "$VENV" || { say "cannot create $VENV: install python3-venv (Debian) or set VENV to an existing \
+environment"; exit 1; }
   fi
 fi
+VPY="$VENV/bin/python"
+CHECK="import dnnpiracy, pytest, hypothesis, schemathesis, fastapi, sklearn, os"
+case ",$EXTRAS," in *,ray,*) CHECK="$CHECK, ray" ;; esac
+if [ "$("$VPY" -c "$CHECK; print(os.path.dirname(dnnpiracy.__file__))" 2>/dev/null)" = "$HERE" ] \
+   && [ "${FORCE:-0}" != 1 ]; then
+  say "python package already installed from this checkout in $VENV"
+else
+  say "installing the python package and its extras [$EXTRAS] into $VENV (pip)"
+  "$VPY" -m pip install --quiet --disable-pip-version-check -e ".[$EXTRAS]" \
+    || { say "pip failed (see above); rerun with FORCE=1 after fixing it"; exit 1; }
+fi
+say "use $VENV/bin/python (or: . $VENV/bin/activate, then dnnpiracy ...)"
 
 # 2. Fashion-MNIST from Debian (60k/10k IDX files under /usr/share/datasets/fashion-mnist)
 if [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
