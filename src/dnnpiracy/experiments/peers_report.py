@@ -75,7 +75,8 @@ def winners(rows: list[dict], n_seeds: int) -> list[dict]:
                     "evades_every_seed": bool(full), "evasion_share": pick["evasion_share"],
                     "accuracy_loss_mean": pick["accuracy_loss_mean"],
                     "default_evasion_share": ours["evasion_share"] if ours else None,
-                    "default_accuracy_loss_mean": ours["accuracy_loss_mean"] if ours else None})
+                    "default_accuracy_loss_mean": ours["accuracy_loss_mean"] if ours else None,
+                    "attacks_compared": len(rs)})
     return out
 
 
@@ -87,12 +88,12 @@ def markdown(rows: list[dict], wins: list[dict], meta: dict) -> str:
          "deployed classifier's (for a detector: the pirated answers; for a removal attack: the new model's). "
          "`default` is this package's detector; `paper` the paper's, read literally.", "",
          "## Which attack defeats verification at the lowest accuracy cost (surrogate data only)", "",
-         "| scheme | dataset | winner | kind | evades every seed | evasion share | accuracy loss | `default`: evasion "
-         "/ loss |", "|---" * 8 + "|"]
+         "| scheme | dataset | attacks compared | winner | kind | evades every seed | evasion share | accuracy loss "
+         "| `default`: evasion / loss |", "|---" * 9 + "|"]
     for w in wins:
         dflt = "n/a" if w["default_evasion_share"] is None else \
             f"{_f(w['default_evasion_share'], 2)} / {_f(w['default_accuracy_loss_mean'], 4)}"
-        L.append(f"| {w['scheme']} | {w['dataset']} | `{w['attack']}` | {w['kind']} | "
+        L.append(f"| {w['scheme']} | {w['dataset']} | {w['attacks_compared']} | `{w['attack']}` | {w['kind']} | "
                  f"{'yes' if w['evades_every_seed'] else '**no**'} | {_f(w['evasion_share'], 2)} | "
                  f"{_f(w['accuracy_loss_mean'], 4)} | {dflt} |")
     L += ["", "![accuracy lost vs evasion](tradeoff.png)", "", "## Every cell (mean over seeds)", "",
