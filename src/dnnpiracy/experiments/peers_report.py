@@ -126,13 +126,13 @@ def tradeoff_png(rows: list[dict]) -> bytes:
         for r in rows:
             if r["dataset"] == d:
                 pts[(r["attack"], r["kind"])].append(r)
-        for (name, kind), rs in sorted(pts.items()):
+        for i, ((name, kind), rs) in enumerate(sorted(pts.items())):
             n = sum(len(r["seeds"]) for r in rs)
             x = sum(r["accuracy_loss_mean"] * len(r["seeds"]) for r in rs) / n
             y = sum(r["evasion_share"] * len(r["seeds"]) for r in rs) / n
             ax.scatter([100 * x], [y], marker="o" if kind == "detector" else "s",
                        color="tab:red" if name == "default" else ("tab:blue" if kind == "detector" else "tab:gray"))
-            ax.annotate(name, (100 * x, y), fontsize=8, xytext=(4, 3), textcoords="offset points")
+            ax.annotate(name, (100 * x, y), fontsize=8, xytext=(4, 3 + 9 * (i % 4)), textcoords="offset points")
         ax.set_xlabel("clean accuracy lost (percentage points, mean)")
         ax.set_ylabel("share of targets where the owner's verification fails")
         ax.set_ylim(-0.05, 1.05)
