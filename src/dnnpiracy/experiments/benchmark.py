@@ -148,17 +148,14 @@ def run_target(t: SchemeTarget, dets: list[str], ds: Dataset, cache_dir: Path, p
     cells = [BenchCell(t, d) for d in dets]
     todo = [c for c in cells if not cell_path(cache_dir, c).exists()]
     removal_todo = [c for c in removals if not removal_path(cache_dir, c).exists()]
-    if removal_todo:
-        target = get_target(ds, t.target_splits(ds), t.train, t.trigger_config(), cache_dir, progress, log)
-        splits = t.splits(ds)
-        run_removals(removal_todo, ds, target, fresh_triggers_for(ds, splits, t.trigger_config()), splits, cache_dir)
-    if todo:
+    if todo or removal_todo:        # the target is trained or loaded once for both kinds of cell
         trigger = t.trigger_config()
         t0 = time.perf_counter()
         target = get_target(ds, t.target_splits(ds), t.train, trigger, cache_dir, progress, log)
         target_seconds = time.perf_counter() - t0
         splits = t.splits(ds)
         fresh = fresh_triggers_for(ds, splits, trigger)
+    if todo:
         info = arch_info(t.train.arch, t.train.stem)
         sur, ev = splits.surrogate_idx, splits.evaluation_idx
         cam = make_cam(target.model, info)
@@ -171,6 +168,8 @@ def run_target(t: SchemeTarget, dets: list[str], ds: Dataset, cache_dir: Path, p
             out = _run_cell(cell, ds, target, fresh, splits, probes, info)
             out.update(probe_seconds=probe_seconds, target_seconds=target_seconds)
             write_json(cell_path(cache_dir, cell), out)
+    if removal_todo:
+        run_removals(removal_todo, ds, target, fresh, splits, cache_dir)
     return [read_json(cell_path(cache_dir, c)) for c in cells] + [read_json(removal_path(cache_dir, c))
                                                                    for c in removals]
 
