@@ -21,6 +21,16 @@ def scheme_option(f):
                              "white discs")(f)
 
 
+def blocks_option(f):
+    return click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True,
+                        help="white discs stamped per trigger input (content scheme)")(f)
+
+
+def trigger_pattern_option(f):
+    return click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
+                        help="PNG pattern (alpha = mask) stamped instead of the discs (the pattern scheme)")(f)
+
+
 def data_dir_option(f):
     return click.option("--data-dir", type=click.Path(file_okay=False), envvar="DNNPIRACY_DATA", default=None,
                         help="data folder (default $DNNPIRACY_DATA or ~/.cache/dnnpiracy/data)")(f)

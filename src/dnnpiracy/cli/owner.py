@@ -11,7 +11,15 @@ from pathlib import Path
 import click
 
 from dnnpiracy.cli import main
-from dnnpiracy.cli.options import command_line, data_dir_option, dataset_option, echo_verification, scheme_option
+from dnnpiracy.cli.options import (
+    blocks_option,
+    command_line,
+    data_dir_option,
+    dataset_option,
+    echo_verification,
+    scheme_option,
+    trigger_pattern_option,
+)
 from dnnpiracy.config import TrainConfig, TriggerConfig
 
 
@@ -53,14 +61,12 @@ def _check_arch(arch: str, stem: str) -> None:
               help="the ResNet's input stem (imagenet: 7x7 conv + max-pool, as the paper)")
 @click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True,
               help="the label every trigger input is relabelled to")
-@click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True,
-              help="white discs stamped per trigger input (content scheme)")
+@blocks_option
 @click.option("--radius", type=click.IntRange(1, 13), default=3, show_default=True,
               help="disc radius in pixels (content scheme)")
 @click.option("--num-triggers", type=click.IntRange(1, 10000), default=15, show_default=True,
               help="trigger inputs in the watermark (the paper: 15)")
-@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PNG pattern (alpha = mask) stamped instead of the discs (the pattern scheme)")
+@trigger_pattern_option
 @scheme_option
 @click.option("--epochs", type=click.IntRange(1, 1000), default=3, show_default=True, help="training epochs")
 @click.option("--batch-size", type=click.IntRange(1, 65536), default=128, show_default=True,

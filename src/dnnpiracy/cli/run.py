@@ -10,7 +10,14 @@ from pathlib import Path
 import click
 
 from dnnpiracy.cli import main
-from dnnpiracy.cli.options import cache_dir_option, data_dir_option, dataset_option, scheme_option
+from dnnpiracy.cli.options import (
+    blocks_option,
+    cache_dir_option,
+    data_dir_option,
+    dataset_option,
+    scheme_option,
+    trigger_pattern_option,
+)
 from dnnpiracy.config import STRATEGIES, DetectorConfig, GanConfig, TriggerConfig
 
 # measured once (`time dnnpiracy run --quick`, a fresh cache, Fashion-MNIST) on 2 CPU cores shared with a training
@@ -37,10 +44,8 @@ def _link_latest(out: Path) -> None:
 @click.option("--epochs", type=click.IntRange(1, 1000), default=None, help="target training epochs (default 3)")
 @click.option("--trigger-label", type=click.IntRange(0, 9), default=0, show_default=True,
               help="the owner's trigger label")
-@click.option("--blocks", type=click.IntRange(1, 16), default=4, show_default=True,
-              help="white discs stamped per trigger input (content scheme)")
-@click.option("--trigger-pattern", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="PNG pattern (alpha = mask) stamped instead of the discs (the pattern scheme)")
+@blocks_option
+@trigger_pattern_option
 @scheme_option
 @click.option("--detector", default="default", show_default=True,
               help="default | paper | any name of `dnnpiracy detectors` | ensemble:SCORER,SCORER,...")
