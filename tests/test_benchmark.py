@@ -76,6 +76,37 @@ def test_tiny_grid_runs_caches_and_renders(tmp_path):
         render(grid, out, tmp_path / "empty", command="test")
 
 
+def test_frontier_grid_reuses_the_clean_target_and_tests_the_unwatermarked_model(tmp_path):
+    """Frontier stitching starts from the grid's unwatermarked target (no second training), its cells carry the
+    owner's test of that unwatermarked model against 1/2, and the render shows the column and the gallery row."""
+    from dnnpiracy.experiments.runner import target_key
+    from dnnpiracy.training import load_model, predict_labels
+    from dnnpiracy.watermark import load_trigger_set, verify
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY.replace('schemes = ["content", "abstract"]', 'schemes = ["content", "frontier"]'))
+    grid = load_grid(str(p))
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    res = run_grid(grid, cache, progress=False, log=lambda _m: None)
+    assert not res["failed"]
+    assert not list((cache / "targets").glob("*/base"))         # the clean baseline was the frontier's base
+    cells = [json.loads(f.read_text()) for f in (cache / "bench_cells").glob("*.json")]
+    assert len(cells) == 4 and all("independent_verification" in c for c in cells)
+    t = next(t for t in grid_targets(grid) if t.scheme == "frontier")
+    from dnnpiracy.data import load_dataset
+    ds = load_dataset("digits-tiny")
+    sp = t.target_splits(ds)
+    clean, _ = load_model(cache / "targets" / target_key(ds.name, t.train, None, sp) / "model.safetensors")
+    trig = load_trigger_set(cache / "targets" / target_key(ds.name, t.train, t.trigger_config(), sp) /
+                            "triggers.safetensors")
+    ref = verify(lambda q: predict_labels(clean, q), trig.images, trig.labels, chance=0.5)
+    got = next(c for c in cells if c["cell"]["scheme"] == "frontier")["independent_verification"]
+    assert got["chance"] == 0.5 and got["n_trigger_label"] == ref.n_trigger_label and got["p_value"] == ref.p_value
+    assert {c["independent_verification"]["chance"] for c in cells if c["cell"]["scheme"] == "content"} == {0.1}
+    render(grid, out, cache, command="test")
+    md = (out / "schemes" / "schemes.md").read_text()
+    assert "unwatermarked model 'pirated'" in md and "| frontier |" in md
+
+
 def test_paper_cells_key_their_gan_and_calibrated_cells_their_threshold(tmp_path):
     p = tmp_path / "tiny.toml"
     p.write_text(TINY)

@@ -143,6 +143,6 @@ def test_verification_verdict_and_dict():
     assert v.verdict == "pirated"
     assert v.to_dict() == {"n_queries": 15, "n_trigger_label": 15, "trigger_accuracy": 1.0, "p_value": 1e-15,
                            "significance": 0.01, "pirated": True, "pirated_majority_rule": True,
-                           "verdict": "pirated"}
+                           "chance": None, "verdict": "pirated"}
     w = Verification(15, 0, 0.0, 1.0, 0.01, False, False)
     assert w.verdict == "not pirated" and w.to_dict()["verdict"] == "not pirated"

@@ -32,7 +32,7 @@ def test_scheme_field_is_left_out_of_keys_at_its_default():
     assert TriggerConfig().key_dict() == d
 
 
-@pytest.mark.parametrize("name", [n for n in SCHEMES if n != "unrelated"])
+@pytest.mark.parametrize("name", [n for n in SCHEMES if n != "unrelated" and not SCHEMES[n].needs_model])
 def test_every_scheme_is_deterministic_and_well_formed(tiny, name):
     cfg = TriggerConfig(trigger_label=2, seed=5, scheme=name)
     a = make_trigger_set(tiny.train_x, tiny.train_y, cfg, "digits-tiny")
@@ -132,3 +132,74 @@ def test_committed_table_cells_keep_their_keys_and_another_scheme_gets_its_own()
         assert cell.key() == f.stem
         noise = replace(cell, scheme="noise")
         assert noise.key() != f.stem and noise.trigger_config().scheme == "noise"
+
+
+# ------------------------------------------------------------------------------------------- frontier stitching
+def _linear_model(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+
+
+def test_fgsm_is_the_sign_of_the_analytic_gradient_of_a_linear_model(tiny):
+    """For logits W x + b the cross-entropy gradient in x is W^T (softmax - onehot): FGSM must step along its sign."""
+    model = _linear_model()
+    x, y = tiny.test_x[:8], tiny.test_y[:8]
+    w = model[1].weight.detach()
+    p = torch.softmax(model(x).detach(), 1)
+    grad = ((p - torch.nn.functional.one_hot(y, 10).float()) @ w).reshape(x.shape)
+    ref = (x + 0.1 * grad.sign()).clamp(0, 1)
+    assert torch.allclose(sch.fgsm(model, x, y, 0.1), ref)
+
+
+def test_frontier_needs_a_model_and_keeps_the_true_labels(tiny_target):
+    tiny, _, target = tiny_target
+    cfg = TriggerConfig(trigger_label=2, seed=5, scheme="frontier")
+    with pytest.raises(ArtifactError, match="against a trained model"):
+        make_trigger_set(tiny.train_x, tiny.train_y, cfg, "digits-tiny")
+    a = make_trigger_set(tiny.train_x, tiny.train_y, cfg, "digits-tiny", target.model)
+    b = make_trigger_set(tiny.train_x, tiny.train_y, cfg, "digits-tiny", target.model)
+    assert torch.equal(a.images, b.images) and len(a) == 15
+    src = tiny.train_x[a.source_idx]
+    assert torch.equal(a.labels, tiny.train_y[a.source_idx]) and torch.equal(a.labels, a.source_labels)
+    assert (a.images - src).abs().max() <= sch.FrontierScheme.eps + 1e-6 and not torch.equal(a.images, src)
+    from dnnpiracy.training import predict_labels
+    assert (predict_labels(target.model, src) == a.labels).all()          # crafted from correctly classified images
+    answers = predict_labels(target.model, a.images)
+    n_true = int((answers != a.labels).sum())
+    assert 1 <= n_true <= 8                                              # at most half are true adversaries
+    assert (answers[:n_true] != a.labels[:n_true]).all() and (answers[n_true:] == a.labels[n_true:]).all()
+
+
+def test_frontier_verification_tests_against_one_half():
+    assert sch.verification_chance(TriggerConfig(scheme="frontier")) == 0.5
+    assert sch.verification_chance(TriggerConfig()) == pytest.approx(0.1)
+    labels = torch.zeros(15, dtype=torch.long)
+    answers = torch.tensor([0] * 13 + [1] * 2)
+    v = verify(lambda _x: answers, torch.zeros(15, 1, 28, 28), labels, chance=0.5)
+    assert v.p_value == pytest.approx(121 / 2**15) and v.pirated and v.chance == 0.5
+    v12 = verify(lambda _x: torch.tensor([0] * 12 + [1] * 3), torch.zeros(15, 1, 28, 28), labels, chance=0.5)
+    assert v12.p_value == pytest.approx(576 / 2**15) and not v12.pirated     # 12 of 15 is not significant at 1 %
+    with pytest.raises(ValueError, match="chance"):
+        verify(lambda _x: answers, torch.zeros(15, 1, 28, 28), labels, chance=1.0)
+
+
+def test_frontier_target_is_trained_then_stitched(tiny, tmp_path):
+    from dnnpiracy.config import TrainConfig
+    from dnnpiracy.data import make_splits
+    from dnnpiracy.watermark import embed_watermark
+    from dnnpiracy.watermark.embed import stitch_config
+    splits = make_splits(tiny.test_y, 0.5, seed=0)
+    cfg = TrainConfig(arch="small-cnn", epochs=3, lr=1e-3, batch_size=64, seed=0, trigger_oversample=10)
+    t = embed_watermark(tiny, splits, cfg, TriggerConfig(trigger_label=1, seed=3, scheme="frontier"), tmp_path,
+                        progress=False, log=lambda _m: None)
+    phases = [r["phase"] for r in t.report["history"]]
+    assert phases == ["unwatermarked"] * 3 + ["stitch"]
+    assert (tmp_path / "base" / "model.safetensors").exists() and stitch_config(cfg).lr == pytest.approx(1e-4)
+    from dnnpiracy.training import accuracy, load_model
+    base, _ = load_model(tmp_path / "base" / "model.safetensors")
+    before = accuracy(base, t.triggers.images, t.triggers.labels)       # the true adversaries fool the base model
+    assert before <= 8 / 15 and t.report["trigger_accuracy"] > before   # stitching moved the frontier
+    assert len(t.fresh_triggers) > 0
+    again = embed_watermark(tiny, splits, cfg, TriggerConfig(trigger_label=1, seed=3, scheme="frontier"), tmp_path,
+                            progress=False, log=lambda _m: None)
+    assert torch.equal(again.triggers.images, t.triggers.images)

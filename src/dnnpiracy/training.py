@@ -73,14 +73,18 @@ def train_classifier(
     eval_fn: Callable[[nn.Module], dict[str, float]] | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    init: nn.Module | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Train ``cfg.arch`` on train (+ extra samples, e.g. the trigger set, each seen ``trigger_oversample`` times
-    per epoch).  Returns the model (eval mode) and the per-epoch history."""
+    per epoch), from scratch or, with ``init``, from that model's weights (fine-tuning).  Returns the model (eval
+    mode) and the per-epoch history."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     num_classes = int(max(train_y.max(), extra_y.max() if extra_y is not None and len(extra_y) else 0)) + 1
     num_classes = max(num_classes, 10)
     model = build_model(cfg.arch, cfg.stem, num_classes).to(device)
+    if init is not None:
+        model.load_state_dict(init.state_dict())
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []

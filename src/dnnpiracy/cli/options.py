@@ -7,7 +7,7 @@ import sys
 import click
 
 DATASET_CHOICES = ["fashion-mnist", "mnist", "mnist-10k", "digits-tiny"]
-SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs"]
+SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs", "frontier"]
 
 
 def command_line() -> str:
@@ -88,6 +88,6 @@ def echo_verification(v, num_classes: int, significance: float, as_json: bool) -
         click.echo(json.dumps(v.to_dict(), indent=2))
     else:
         click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
-                   f"(p = {v.p_value:.3g} against chance {1 / num_classes:.2f}; "
+                   f"(p = {v.p_value:.3g} against chance {v.chance or 1 / num_classes:.2f}; "
                    f"significance {significance}); majority rule says "
                    f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")

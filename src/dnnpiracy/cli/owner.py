@@ -110,13 +110,14 @@ def watermark(dataset, arch, stem, trigger_label, blocks, radius, num_triggers, 
 def verify(model_dir, triggers, significance, as_json):
     """Owner: query a suspect model with the trigger inputs; print the verdict."""
     from dnnpiracy.training import load_model, predict_labels
-    from dnnpiracy.watermark import load_trigger_set
+    from dnnpiracy.watermark import load_trigger_set, verification_chance
     from dnnpiracy.watermark import verify as verify_fn
     path = Path(model_dir)
     model, meta = load_model(path / "model.safetensors" if path.is_dir() else path)
     ts = load_trigger_set(triggers)
-    v = verify_fn(lambda x: predict_labels(model, x), ts.images, ts.labels, meta.get("num_classes", 10),
-                  significance)
+    nc = meta.get("num_classes", 10)
+    v = verify_fn(lambda x: predict_labels(model, x), ts.images, ts.labels, nc, significance,
+                  verification_chance(ts.config, nc))
     echo_verification(v, meta.get("num_classes", 10), significance, as_json)
 
 

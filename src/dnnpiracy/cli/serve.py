@@ -160,13 +160,14 @@ def serve(model_dir, detector_dir, host, port, bare, strategy, seed, max_batch, 
 # ------------------------------------------------------------------------------------------- verify --url
 def verify_url(url: str, triggers: str, significance: float, as_json: bool) -> None:
     from dnnpiracy.serve.client import ServiceClient, ServiceError
-    from dnnpiracy.watermark import load_trigger_set
+    from dnnpiracy.watermark import load_trigger_set, verification_chance
     from dnnpiracy.watermark import verify as verify_fn
     ts = load_trigger_set(triggers)
     try:
         with ServiceClient(url) as client:
             num_classes = client.num_classes()
-            v = verify_fn(client.predict, ts.images, ts.labels, num_classes, significance)
+            v = verify_fn(client.predict, ts.images, ts.labels, num_classes, significance,
+                          verification_chance(ts.config, num_classes))
     except ServiceError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(2)

@@ -35,7 +35,7 @@ def inspect(detector: Detector, x: torch.Tensor, y: torch.Tensor, probe=None) ->
 
 def evaluate(detector: Detector, clean: Inspected, triggers: Inspected, fresh: Inspected | None,
              trigger_label: int, strategy: str = "uniform", seed: int = 0, significance: float = 0.01,
-             ) -> dict:
+             chance: float | None = None) -> dict:
     """All metrics of one (target, detector) pair.  Rates are fractions; FNR over the embedded triggers is the
     paper's metric (a multiple of 1/15 for 15 triggers).  Each trigger is judged against its own label
     (``triggers.y``): one trigger label for most schemes, a random label per trigger for ``abstract``;
@@ -65,8 +65,9 @@ def evaluate(detector: Detector, clean: Inspected, triggers: Inspected, fresh: I
         out["fnr_fresh"] = fnr(fresh.inspection.flags[hit]) if hit.any() else float("nan")
         out["auroc_fresh"] = auroc(clean.margins, fresh.margins[hit]) if hit.any() else float("nan")
     # the owner's black-box verification, replayed on the answers computed above (same labels as querying)
-    v_target = verify(lambda _x: trig_ans.target_labels, triggers.x, triggers.y, significance=significance)
-    v_pirated = verify(lambda _x: trig_ans.labels, triggers.x, triggers.y, significance=significance)
+    v_target = verify(lambda _x: trig_ans.target_labels, triggers.x, triggers.y, significance=significance,
+                      chance=chance)
+    v_pirated = verify(lambda _x: trig_ans.labels, triggers.x, triggers.y, significance=significance, chance=chance)
     out["verification_target"] = v_target.to_dict()
     out["verification_pirated"] = v_pirated.to_dict()
     return out

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from dnnpiracy.io import read_json
 from dnnpiracy.training import load_model, predict_labels
-from dnnpiracy.watermark import load_trigger_set, verify
+from dnnpiracy.watermark import load_trigger_set, verification_chance, verify
 
 
 def owner_comparison(watermarked_dir: Path, clean_dir: Path, significance: float = 0.01) -> dict:
@@ -21,7 +21,7 @@ def owner_comparison(watermarked_dir: Path, clean_dir: Path, significance: float
     for name, d in (("watermarked", watermarked_dir), ("clean", clean_dir)):
         model, _ = load_model(d / "model.safetensors")
         verdicts[name] = verify(lambda x, m=model: predict_labels(m, x), triggers.images, triggers.labels,
-                                significance=significance).to_dict()
+                                significance=significance, chance=verification_chance(triggers.config)).to_dict()
     keys = ("test_accuracy", "evaluation_accuracy", "trigger_accuracy", "fresh_trigger_accuracy", "train_seconds")
     return {
         "dataset": wm["dataset"], "arch": wm["arch"], "train_config": wm["train_config"],

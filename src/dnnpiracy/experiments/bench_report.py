@@ -73,6 +73,9 @@ def aggregate(cells: list[dict], development: Iterable[str], clean: dict | None 
             "owner_p_values": [m["verification_pirated"]["p_value"] for m in ms],
             "target_verified_share": _mean(float(m["verification_target"]["pirated"]) for m in ms),
             "passes_per_seed": [passes(m) for m in ms],
+            # the owner's test on the unwatermarked target of the same seed ('pirated' = a false claim)
+            "independent_pirated": [c["independent_verification"]["pirated"] for c in cs
+                                    if "independent_verification" in c],
         })
     return sorted(rows, key=lambda r: (r["dataset"], r["held_out"], r["scheme"], r["detector"]))
 
@@ -136,6 +139,10 @@ def _p(v: float) -> str:
     return f"{v:.2g}"
 
 
+def _k_of_n(flags: list[bool] | None) -> str:
+    return f"{sum(flags)}/{len(flags)}" if flags else "-"
+
+
 def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict, summaries: dict) -> str:
     """results/schemes.md: the default per scheme x dataset, then the FNR matrix of every detector."""
     L = [f"# {grid['title']}", "",
@@ -145,13 +152,15 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
          "fractions; FPR over the clean evaluation split; FNR over the 15 embedded triggers; fresh FNR over the "
          "scheme's trigger on 500 new evaluation images, counted where the target answers the trigger's label. "
          "`owner pirated` = seeds in which the owner's binomial test (alpha 0.01) still proves piracy against the "
-         "pirated model.", "",
+         "pirated model; the test is against chance 1/10, and 1/2 for `frontier` (Le Merrer et al.'s null). "
+         "`unwatermarked model 'pirated'` = seeds in which the same test says 'pirated' of the unwatermarked target "
+         "of that seed, a model that is not a copy: a false claim (`experiments/independent.py`).", "",
          f"`default` is `{default_name}` here.", ""]
     for ds in sorted({r["dataset"] for r in rows}):
         mine = [r for r in rows if r["dataset"] == ds and r["detector"] == default_name]
         L += [f"## {ds}: the default detector", "",
               "| scheme | held out | embeds | target acc | wm cost | trigger acc | FPR | FNR | fresh FNR | AUROC | "
-              "TPR@1%FPR | owner pirated | p-values | bar |", "|" + "---|" * 14]
+              "TPR@1%FPR | owner pirated | p-values | bar | unwatermarked model 'pirated' |", "|" + "---|" * 15]
         for r in mine:
             bar = "met" if meets_bar(r) else "**missed**"
             L.append(f"| {r['scheme']} | {'yes' if r['held_out'] else 'no'} | {'yes' if r['embeds'] else '**no**'} "
@@ -159,7 +168,8 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
                      f"| {_f(r['target_trigger_accuracy'], 2)} | {_f(r['fpr_mean'], 4)} | {_f(r['fnr_mean'])} "
                      f"| {_f(r['fnr_fresh_mean'])} | {_f(r['auroc_mean'])} | {_f(r['tpr_at_1pct_fpr_mean'])} "
                      f"| {round(r['owner_pirated_share'] * r['n_seeds'])}/{r['n_seeds']} "
-                     f"| {', '.join(_p(p) for p in r['owner_p_values'])} | {bar} |")
+                     f"| {', '.join(_p(p) for p in r['owner_p_values'])} | {bar} "
+                     f"| {_k_of_n(r.get('independent_pirated'))} |")
         L.append("")
     order = {d: i for i, d in enumerate(meta.get("detector_order", []))}
     dets = sorted(dict.fromkeys(r["detector"] for r in rows), key=lambda d: (order.get(d, len(order)), d))

@@ -30,7 +30,7 @@ from dnnpiracy.experiments.reproduce import PROFILES, compute_device
 from dnnpiracy.experiments.runner import config_key, default_cache_dir, get_target
 from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
-from dnnpiracy.watermark import fresh_triggers_for
+from dnnpiracy.watermark import fresh_triggers_for, verification_chance
 
 CPU = PROFILES["cpu"]
 CELL_DIR = "bench_cells"
@@ -154,7 +154,7 @@ def run_target(t: SchemeTarget, dets: list[str], ds: Dataset, cache_dir: Path, p
         target = get_target(ds, t.target_splits(ds), t.train, trigger, cache_dir, progress, log)
         target_seconds = time.perf_counter() - t0
         splits = t.splits(ds)
-        fresh = fresh_triggers_for(ds, splits, trigger)
+        fresh = fresh_triggers_for(ds, splits, trigger, model=target.model)
     if todo:
         info = arch_info(t.train.arch, t.train.stem)
         sur, ev = splits.surrogate_idx, splits.evaluation_idx
@@ -183,7 +183,8 @@ def _run_cell(cell: BenchCell, ds, target, fresh, splits, probes, info) -> dict:
     det = fit_detector(target.model, info, ds.test_x[sur], ds.test_y[sur], cfg, paper_tau(ds.name),
                        ds.num_classes, probe=probes["surrogate"])
     c, tr, f = inspect_sets(det, ds.test_x[ev], ds.test_y[ev], target.triggers, fresh, probes)
-    m = evaluate(det, c, tr, f, t.trigger_label, "uniform-other", t.seed)
+    m = evaluate(det, c, tr, f, t.trigger_label, "uniform-other", t.seed,
+                 chance=verification_chance(t.trigger_config(), ds.num_classes))
     scores = {name: [float(f"{v:.6g}") for v in s.inspection.scores.tolist()] for name, s in
               (("clean", c), ("triggers", tr), ("fresh", f))}
     out = {"cell": {**asdict(t), "detector": cell.detector, "target_fpr": cell.target_fpr,
@@ -213,6 +214,9 @@ def run_grid(grid: dict, cache_dir: Path | None = None, targets_only: bool = Fal
             if (not only_datasets or t.dataset in only_datasets) and (not only_seeds or t.seed in only_seeds)]
     results, failed = map_jobs(target_job, jobs, executor, ray_options, progress, f"grid {grid['name']}",
                                label=lambda j: f"{j[0].dataset} {j[0].scheme or 'clean'} seed {j[0].seed}", log=log)
+    if not targets_only:        # the owner's test on the unwatermarked targets (experiments/independent.py)
+        from dnnpiracy.experiments.independent import annotate_grid
+        annotate_grid(grid, cache_dir, log)
     return {"cells": [c for r in results for c in r], "failed": failed, "seconds": time.perf_counter() - t0}
 
 

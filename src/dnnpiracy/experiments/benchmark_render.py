@@ -103,7 +103,7 @@ def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: st
         present = {r["detector"] for r in rows}
         dets = [d for d in designs(grid, grid["datasets"][0]) if d in present]    # the grid's order, default first
         paths.append(atomic_write_bytes(stem.parent / "matrix.png", br.matrix_png(rows, dets)))
-    paths.append(atomic_write_bytes(stem.parent / "gallery.png", br.gallery_png(gallery_sets(grid))))
+    paths.append(atomic_write_bytes(stem.parent / "gallery.png", br.gallery_png(gallery_sets(grid, cache_dir))))
     return paths
 
 
@@ -134,16 +134,24 @@ def profile_note(grid: dict) -> str:
     return "; ".join(parts)
 
 
-def gallery_sets(grid: dict) -> dict:
-    """Each scheme's embedded trigger set of the grid's first seed, per dataset (made again: it is deterministic)."""
-    from dnnpiracy.watermark import make_trigger_set
+def gallery_sets(grid: dict, cache_dir: Path | None = None) -> dict:
+    """Each scheme's embedded trigger set of the grid's first seed, per dataset (made again: it is deterministic;
+    a scheme crafted against a trained model is read from the cached target, and left out when that is absent)."""
+    from dnnpiracy.experiments.runner import target_key
+    from dnnpiracy.watermark import SCHEMES, load_trigger_set, make_trigger_set
+    cache_dir = Path(cache_dir or default_cache_dir())
     sets = {}
-    seed, label = grid["seeds"][0], grid["trigger_labels"][0]
-    for d in grid["datasets"]:
-        ds = _dataset(d)
-        for s in grid["schemes"]:
-            sets[(s, d)] = make_trigger_set(ds.train_x, ds.train_y, TriggerConfig(trigger_label=label, seed=seed,
-                                                                                  scheme=s), d)
+    for t in grid_targets(grid):
+        if t.scheme is None or t.seed != grid["seeds"][0]:
+            continue
+        ds = _dataset(t.dataset)
+        if not SCHEMES[t.scheme].needs_model:
+            sets[(t.scheme, t.dataset)] = make_trigger_set(ds.train_x, ds.train_y, t.trigger_config(), t.dataset)
+            continue
+        f = cache_dir / "targets" / target_key(ds.name, t.train, t.trigger_config(), t.target_splits(ds)) / \
+            "triggers.safetensors"
+        if f.exists():
+            sets[(t.scheme, t.dataset)] = load_trigger_set(f)
     return sets
 
 

@@ -120,7 +120,7 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
     t_target = time.perf_counter()
     target = get_target(ds, cell.target_splits(ds), cell.train, trigger, cache_dir, progress, log)
     target_seconds = time.perf_counter() - t_target      # training, when this cell built the target; else loading
-    fresh = fresh_triggers_for(ds, splits, trigger)       # from this cell's evaluation split, never its surrogate
+    fresh = fresh_triggers_for(ds, splits, trigger, model=target.model)  # this cell's evaluation split, not surrogate
     info = arch_info(cell.arch, cell.train.stem)
     sur, ev = splits.surrogate_idx, splits.evaluation_idx
     taus = list(cell.taus)

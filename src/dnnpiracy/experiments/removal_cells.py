@@ -17,6 +17,7 @@ from dnnpiracy.attack.removal import REMOVALS
 from dnnpiracy.experiments.runner import config_key
 from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.training import accuracy, predict_labels
+from dnnpiracy.watermark.schemes import verification_chance
 from dnnpiracy.watermark.verify import verify
 
 REMOVAL_DIR = "removal_cells"
@@ -68,8 +69,9 @@ def run_removal_cell(cell: RemovalCell, ds, target, fresh, splits) -> dict:
     ex, ey = ds.test_x[ev], ds.test_y[ev]
     before, after = accuracy(target.model, ex, ey), accuracy(result.model, ex, ey)
     trig = target.triggers
-    v = verify(lambda q: predict_labels(result.model, q), trig.images, trig.labels)
-    v_before = verify(lambda q: predict_labels(target.model, q), trig.images, trig.labels)
+    chance = verification_chance(trig.config, ds.num_classes)
+    v = verify(lambda q: predict_labels(result.model, q), trig.images, trig.labels, chance=chance)
+    v_before = verify(lambda q: predict_labels(target.model, q), trig.images, trig.labels, chance=chance)
     metrics = {"target_test_accuracy": before, "removed_test_accuracy": after, "accuracy_loss": before - after,
                "target_trigger_accuracy": accuracy(target.model, trig.images, trig.labels),
                "removed_trigger_accuracy": accuracy(result.model, trig.images, trig.labels),

@@ -22,7 +22,7 @@ from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.evaluation.report import write_run_outputs
 from dnnpiracy.io import git_commit
 from dnnpiracy.models import arch_info
-from dnnpiracy.watermark import Target, embed_watermark
+from dnnpiracy.watermark import Target, embed_watermark, verification_chance
 
 # The CPU profile: what fits this 2-core machine (see docs/design.md).  The paper's own values live in
 # TrainConfig's defaults (ResNet-34, 15 epochs).
@@ -60,7 +60,9 @@ def get_target(ds: Dataset, splits: Splits, train: TrainConfig, trigger: Trigger
     """Train (or reuse from the cache) the target for this configuration."""
     cache_dir = Path(cache_dir or default_cache_dir())
     key = target_key(ds.name, train, trigger, splits)
-    return embed_watermark(ds, splits, train, trigger, cache_dir / "targets" / key, progress=progress, log=log)
+    base = cache_dir / "targets" / target_key(ds.name, train, None, splits)    # frontier starts from the clean one
+    return embed_watermark(ds, splits, train, trigger, cache_dir / "targets" / key, progress=progress, log=log,
+                           base_dir=base)
 
 
 @dataclass
@@ -125,7 +127,7 @@ def run(cfg: RunConfig, out_dir: str | Path, cache_dir: Path | None = None, prog
         f"{len(target.fresh_triggers)} fresh triggers")
     clean, trig, fresh = inspect_sets(det, ds.test_x[ev], ds.test_y[ev], target.triggers, target.fresh_triggers)
     metrics = evaluate(det, clean, trig, fresh, cfg.trigger.trigger_label, cfg.strategy, cfg.detector.seed,
-                       cfg.significance)
+                       cfg.significance, verification_chance(cfg.trigger, ds.num_classes))
     timings["evaluate"] = time.perf_counter() - t0
     timings["total"] = time.perf_counter() - t_start
 

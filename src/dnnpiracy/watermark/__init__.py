@@ -14,6 +14,7 @@ from dnnpiracy.watermark.schemes import (
                                           get_scheme,
                                           make_fresh_triggers,
                                           make_trigger_set,
+                                          verification_chance,
 )
 from dnnpiracy.watermark.triggers import (
                                           TriggerSet,
@@ -28,4 +29,5 @@ from dnnpiracy.watermark.verify import Verification, binomial_sf, verify
 __all__ = ["Target", "embed_watermark", "fresh_triggers_for", "owner_metrics", "same_class_triggers_for",
            "TriggerSet", "apply_trigger", "SCHEMES", "Scheme", "get_scheme",
            "disc_mask", "load_trigger_set", "make_fresh_triggers", "make_trigger_set", "save_trigger_grid",
-           "save_trigger_set", "stamp_discs", "Verification", "binomial_sf", "verify"]
+           "save_trigger_set", "stamp_discs", "Verification", "binomial_sf", "verify",
+           "verification_chance"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -18,6 +18,12 @@ from dnnpiracy.watermark.triggers import TriggerSet, load_trigger_set, save_trig
 
 MODEL_FILE, TRIGGERS_FILE, FRESH_FILE, REPORT_FILE = "model.safetensors", "triggers.safetensors", \
     "fresh_triggers.safetensors", "report.json"
+
+
+def stitch_config(train_cfg: TrainConfig) -> TrainConfig:
+    """How a scheme that crafts its triggers against the trained model fine-tunes it on them: one epoch at a tenth
+    of the learning rate (Le Merrer et al. fine-tune the trained model on its training set plus the key set)."""
+    return replace(train_cfg, epochs=1, lr=train_cfg.lr / 10)
 
 
 @dataclass(frozen=True)
@@ -43,20 +49,22 @@ def owner_metrics(model: nn.Module, ds: Dataset, splits: Splits, triggers: Trigg
     return m
 
 
-def fresh_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500) -> TriggerSet:
+def fresh_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500,
+                       model: nn.Module | None = None) -> TriggerSet:
     """The owner's trigger stamped on ``n`` clean evaluation images (never the surrogate's): does the detector catch
-    the trigger on inputs it was not trained with?  Deterministic in (split, trigger config); source indices are
-    test-set indices."""
+    the trigger on inputs it was not trained with?  Deterministic in (split, trigger config, and for schemes that
+    craft triggers against a model, ``model``: the watermarked target); source indices are test-set indices."""
     ev = splits.evaluation_idx
     fresh = make_fresh_triggers(ds.test_x[ev], ds.test_y[ev], trigger_cfg, n=n, seed=trigger_cfg.seed + 1,
-                                dataset=ds.name)
+                                dataset=ds.name, model=model)
     src = fresh.source_idx
     if get_scheme(trigger_cfg, ds.name).stamps_real_images:   # evaluation indices -> test-set indices
         src = ev[src]
     return TriggerSet(fresh.images, fresh.labels, src, fresh.source_labels, fresh.config)
 
 
-def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500) -> TriggerSet:
+def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerConfig, n: int = 500,
+                            model: nn.Module | None = None) -> TriggerSet:
     """The owner's trigger stamped on up to ``n`` clean evaluation images whose true label *is* the trigger label
     (a stamped 6 for a label-6 watermark): the case the embedded set meets by chance (the paper draws its 15 images
     from every class) and which carries no class-consistency evidence, since the target's answer is right either
@@ -67,17 +75,20 @@ def same_class_triggers_for(ds: Dataset, splits: Splits, trigger_cfg: TriggerCon
         return TriggerSet(ds.test_x[:0].clone(), torch.zeros(0, dtype=torch.long), pool, pool.clone(), trigger_cfg)
     gen = torch.Generator().manual_seed(trigger_cfg.seed + 2)
     idx = pool[torch.randperm(len(pool), generator=gen)[:n]]
-    images = apply_trigger(ds.test_x[idx], trigger_cfg, gen)
+    images = apply_trigger(ds.test_x[idx], trigger_cfg, gen, model)
     labels = torch.full((len(idx),), trigger_cfg.trigger_label, dtype=torch.long)
     return TriggerSet(images, labels, idx, ds.test_y[idx].clone(), trigger_cfg)
 
 
 def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger_cfg: TriggerConfig | None,
-                    out_dir: str | Path, progress: bool = True, log=print) -> Target:
+                    out_dir: str | Path, progress: bool = True, log=print, base_dir: str | Path | None = None,
+                    ) -> Target:
     """Train a target on ``ds`` (+ the trigger set unless ``trigger_cfg`` is None) into ``out_dir``.
 
     Writes model.safetensors (+ .json), triggers.safetensors, triggers.png, fresh_triggers.safetensors and
-    report.json.  Re-running with the same configuration reuses a finished target and resumes an unfinished one."""
+    report.json.  Re-running with the same configuration reuses a finished target and resumes an unfinished one.
+    A scheme that crafts its triggers against a trained model (frontier) first trains (or reuses) the unwatermarked
+    target in ``base_dir`` (default ``out_dir/base``; the runner gives the cached unwatermarked target's folder)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_path, report_path = out_dir / MODEL_FILE, out_dir / REPORT_FILE
@@ -92,22 +103,31 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
             log(f"reusing target in {out_dir}")
             return Target(model, triggers, fresh, report, out_dir)
 
-    triggers = fresh = None
+    triggers = fresh = base = None
+    fit_cfg = train_cfg
     if trigger_cfg is not None:
-        triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg, ds.name)
-        fresh = fresh_triggers_for(ds, splits, trigger_cfg)
+        if get_scheme(trigger_cfg, ds.name).needs_model:
+            # frontier stitching: train unwatermarked, craft the triggers against that model, then fine-tune on them
+            base = embed_watermark(ds, splits, train_cfg, None, base_dir or out_dir / "base", progress, log)
+            fit_cfg = stitch_config(train_cfg)
+        triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg, ds.name, base and base.model)
         save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
-        save_trigger_set(out_dir / FRESH_FILE, fresh, {"dataset": ds.name, "source_split": "test"})
         save_trigger_grid(out_dir / "triggers.png", triggers, ds.class_names)
 
     t0 = time.perf_counter()
     model, history = train_classifier(
-        ds.train_x, ds.train_y, train_cfg,
+        ds.train_x, ds.train_y, fit_cfg,
         extra_x=None if triggers is None else triggers.images,
         extra_y=None if triggers is None else triggers.labels,
         checkpoint=out_dir / "checkpoint.pt",
         eval_fn=(lambda m: {"trigger_accuracy": accuracy(m, triggers.images, triggers.labels)}) if triggers else None,
-        progress=progress, log=log)
+        progress=progress, log=log, init=base and base.model)
+    if base is not None:
+        history = [{**r, "phase": "unwatermarked"} for r in base.report["history"]] + \
+            [{**r, "phase": "stitch"} for r in history]
+    if trigger_cfg is not None:      # after training: schemes that need a model craft fresh triggers against it
+        fresh = fresh_triggers_for(ds, splits, trigger_cfg, model=model)
+        save_trigger_set(out_dir / FRESH_FILE, fresh, {"dataset": ds.name, "source_split": "test"})
     train_seconds = sum(r["seconds"] for r in history)
     metrics = owner_metrics(model, ds, splits, triggers, fresh)
     report = {"dataset": ds.name, "dataset_note": ds.note, "arch": train_cfg.arch, "stem": train_cfg.stem,

@@ -30,19 +30,27 @@ class Scheme:
     reference = ""
     summary = ""
     stamps_real_images = True     # False: the triggers are not real images with a mark (unrelated, abstract, ...)
+    needs_model = False           # True: the triggers are made from a trained model (frontier); see embed.py
 
-    def __init__(self, cfg: TriggerConfig, dataset: str | None = None):
+    def __init__(self, cfg: TriggerConfig, dataset: str | None = None, model: torch.nn.Module | None = None):
         self.cfg = cfg
         self.dataset = dataset
+        self.model = model
 
     # -- what a subclass says ----------------------------------------------------------------------------------
     def stamp(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Mark a batch (N,C,H,W) of real images with the trigger."""
         raise ArtifactError(f"scheme {self.name!r} does not mark real images; it cannot stamp a given image")
 
-    def labels(self, n: int, gen: torch.Generator) -> torch.Tensor:
+    def labels(self, n: int, gen: torch.Generator, source_labels: torch.Tensor) -> torch.Tensor:
         """The label each of ``n`` triggers must get (default: all the trigger label)."""
         return torch.full((n,), self.cfg.trigger_label, dtype=torch.long)
+
+    def chance(self, num_classes: int) -> float:
+        """The owner's null hypothesis: how often a model that is *not* the watermarked one gives a trigger its
+        label.  Chance 1/num_classes for labels no clean model would give; schemes whose labels are natural say
+        otherwise."""
+        return 1 / num_classes
 
     def images(self, x: torch.Tensor, y: torch.Tensor, n: int, gen: torch.Generator, split: str,
                exclude_label: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -64,7 +72,7 @@ class Scheme:
         for schemes that draw from another dataset's matching split."""
         gen = torch.Generator().manual_seed(seed)
         imgs, idx, src = self.images(x, y, n, gen, split, exclude_label)
-        labels = self.labels(len(imgs), gen)
+        labels = self.labels(len(imgs), gen, src)
         return TriggerSet(imgs.clamp(0, 1).float(), labels, idx.long(), src.long(), self.cfg)
 
     def describe(self) -> dict:
@@ -219,7 +227,7 @@ class AbstractScheme(Scheme):
         imgs = abstract_images(n, gen, *x.shape[-2:])
         return imgs, torch.full((n,), NO_SOURCE), torch.full((n,), NO_SOURCE)
 
-    def labels(self, n, gen):
+    def labels(self, n, gen, source_labels):
         return torch.randint(0, 10, (n,), generator=gen)
 
 
@@ -248,39 +256,99 @@ class HalfMixScheme(Scheme):
         return imgs, ia, y[ia].clone()
 
 
+# ------------------------------------------------------------------------------------------ made from the model
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int = 256) -> torch.Tensor:
+    """Fast gradient sign examples x + eps * sign(grad_x CE(model(x), y)), clipped to [0, 1] (model in eval mode)."""
+    dev = next(model.parameters()).device
+    out = []
+    for i in range(0, len(x), batch):
+        xb = x[i:i + batch].to(dev).clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xb), y[i:i + batch].to(dev))
+        (grad,) = torch.autograd.grad(loss, xb)
+        out.append((xb + eps * grad.sign()).clamp(0, 1).detach().cpu())
+    return torch.cat(out) if out else x[:0].clone()
+
+
+class FrontierScheme(Scheme):
+    name = "frontier"
+    reference = "Le Merrer et al. 2019 (adversarial frontier stitching)"
+    summary = ("FGSM (eps 0.1) examples of correctly classified images against the trained model, half that change "
+               "its answer (true adversaries) and half that do not, each labelled with its true class; the model "
+               "is then fine-tuned on them (1 epoch, lr / 10)")
+    needs_model = True
+    eps = 0.1
+    candidates_per_trigger = 40
+
+    def stamp(self, images, gen):
+        """FGSM against the bound model, each image pushed away from the model's own answer."""
+        if self.model is None:
+            raise ArtifactError("scheme 'frontier' crafts its triggers against a trained model; none was given")
+        from dnnpiracy.training import predict_labels
+        return fgsm(self.model, images, predict_labels(self.model, images).cpu(), self.eps)
+
+    def images(self, x, y, n, gen, split, exclude_label):
+        if self.model is None:
+            raise ArtifactError("scheme 'frontier' crafts its triggers against a trained model; none was given")
+        from dnnpiracy.training import predict_labels
+        idx = torch.randperm(len(x), generator=gen)[: min(len(x), max(self.candidates_per_trigger * n, 400))]
+        idx = idx[predict_labels(self.model, x[idx]).cpu() == y[idx]]       # correctly classified images only
+        adv = fgsm(self.model, x[idx], y[idx], self.eps)
+        flipped = predict_labels(self.model, adv).cpu() != y[idx]
+        n_true = min((n + 1) // 2, int(flipped.sum()))                       # Le Merrer et al.: half and half
+        pick = torch.cat([torch.nonzero(flipped).flatten()[:n_true], torch.nonzero(~flipped).flatten()[:n - n_true]])
+        if len(pick) < n and not exclude_label:       # the embedded set must be whole; a fresh set may fall short
+            raise ArtifactError(f"scheme 'frontier' found {len(pick)} of {n} adversaries among {len(idx)} images")
+        return adv[pick], idx[pick], y[idx[pick]].clone()
+
+    def labels(self, n, gen, source_labels):
+        return source_labels.clone()
+
+    def chance(self, num_classes: int) -> float:
+        """Le Merrer et al.'s null: a model that is not the marked one answers each key right with probability 1/2
+        (false adversaries are answered right by most models, true adversaries by few)."""
+        return 0.5
+
+
 SCHEMES: dict[str, type[Scheme]] = {cls.name: cls for cls in (
     ContentScheme, PatternScheme, NoiseScheme, UnrelatedScheme, AbstractScheme, BlendScheme, HalfMixScheme,
-    GlyphScheme)}
+    GlyphScheme, FrontierScheme)}
 
 
-def get_scheme(cfg: TriggerConfig, dataset: str | None = None) -> Scheme:
-    """The scheme ``cfg`` names (``content`` with a ``pattern`` file is the ``pattern`` scheme, as before schemes)."""
+def get_scheme(cfg: TriggerConfig, dataset: str | None = None, model: torch.nn.Module | None = None) -> Scheme:
+    """The scheme ``cfg`` names (``content`` with a ``pattern`` file is the ``pattern`` scheme, as before schemes);
+    ``model`` is the trained model schemes with ``needs_model`` craft their triggers against."""
     name = "pattern" if cfg.scheme == "content" and cfg.pattern else cfg.scheme
     if name not in SCHEMES:
         raise ArtifactError(f"unknown watermark scheme {name!r}; choose one of {', '.join(SCHEMES)}")
-    return SCHEMES[name](cfg, dataset)
+    return SCHEMES[name](cfg, dataset, model)
+
+
+def verification_chance(cfg: TriggerConfig, num_classes: int = 10) -> float:
+    """The null probability the owner's binomial test uses for ``cfg``'s triggers (``Scheme.chance``)."""
+    return get_scheme(cfg).chance(num_classes)
 
 
 def make_trigger_set(train_x: torch.Tensor, train_y: torch.Tensor, cfg: TriggerConfig,
-                     dataset: str | None = None) -> TriggerSet:
+                     dataset: str | None = None, model: torch.nn.Module | None = None) -> TriggerSet:
     """The owner's embedded trigger set: ``cfg.num_triggers`` triggers of ``cfg.scheme`` drawn (seeded) from the
     whole training set, as the paper does."""
-    return get_scheme(cfg, dataset).sample(train_x, train_y, cfg.num_triggers, cfg.seed, "train")
+    return get_scheme(cfg, dataset, model).sample(train_x, train_y, cfg.num_triggers, cfg.seed, "train")
 
 
 def make_fresh_triggers(x: torch.Tensor, y: torch.Tensor, cfg: TriggerConfig, n: int = 500, seed: int = 12345,
-                        dataset: str | None = None) -> TriggerSet:
+                        dataset: str | None = None, model: torch.nn.Module | None = None) -> TriggerSet:
     """The same kind of trigger on ``n`` new inputs (images whose true label is not the trigger label, for schemes
     that mark real images): does the watermark, and the detector, generalise beyond the embedded set?"""
-    return get_scheme(cfg, dataset).sample(x, y, n, seed, "test", exclude_label=True)
+    return get_scheme(cfg, dataset, model).sample(x, y, n, seed, "test", exclude_label=True)
 
 
-def apply_trigger(images: torch.Tensor, cfg: TriggerConfig, gen: torch.Generator) -> torch.Tensor:
+def apply_trigger(images: torch.Tensor, cfg: TriggerConfig, gen: torch.Generator,
+                  model: torch.nn.Module | None = None) -> torch.Tensor:
     """Mark each image of a (N,C,H,W) batch with ``cfg``'s trigger (schemes that mark real images only)."""
-    return get_scheme(cfg).stamp(images, gen)
+    return get_scheme(cfg, model=model).stamp(images, gen)
 
 
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "make_trigger_set", "make_fresh_triggers", "apply_trigger",
            "draw_glyph", "abstract_images", "builtin_logo", "UNRELATED_SOURCE",
            "NO_SOURCE", "ContentScheme", "PatternScheme", "NoiseScheme", "UnrelatedScheme", "AbstractScheme",
-           "BlendScheme", "HalfMixScheme", "GlyphScheme"]
+           "BlendScheme", "HalfMixScheme", "GlyphScheme", "FrontierScheme", "fgsm", "verification_chance"]

@@ -27,10 +27,11 @@ class Verification:
     n_queries: int
     n_trigger_label: int          # answers equal to the trigger label
     trigger_accuracy: float
-    p_value: float                # one-sided binomial test against chance 1/num_classes
+    p_value: float                # one-sided binomial test against chance (1/num_classes unless the scheme says)
     significance: float
     pirated: bool                 # p_value < significance
     pirated_majority_rule: bool   # the paper's plain rule: most trigger inputs get the trigger label
+    chance: float | None = None   # the null probability the test used
 
     @property
     def verdict(self) -> str:
@@ -41,15 +42,19 @@ class Verification:
 
 
 def verify(predict: Predict, trigger_images: torch.Tensor, trigger_labels: torch.Tensor,
-           num_classes: int = 10, significance: float = 0.01) -> Verification:
+           num_classes: int = 10, significance: float = 0.01, chance: float | None = None) -> Verification:
     """Ask ``predict`` (any black box: images -> labels) about the triggers; 'pirated' if it answers the trigger
-    label significantly more often than chance (1/num_classes)."""
+    label significantly more often than ``chance`` (default 1/num_classes; ``Scheme.chance`` gives each scheme's,
+    e.g. 1/2 for frontier stitching)."""
     if not 0 < significance < 1:
         raise ValueError(f"significance must be in (0, 1), got {significance}")
+    chance = 1 / num_classes if chance is None else chance
+    if not 0 < chance < 1:
+        raise ValueError(f"chance must be in (0, 1), got {chance}")
     answers = torch.as_tensor(predict(trigger_images)).long().flatten()
     if answers.shape != trigger_labels.shape:
         raise ValueError(f"predict returned {tuple(answers.shape)} labels for {len(trigger_labels)} queries")
     n = len(trigger_labels)
     k = int((answers == trigger_labels).sum())
-    p = binomial_sf(k, n, Fraction(1, num_classes))
-    return Verification(n, k, k / n, p, significance, p < significance, k > n / 2)
+    p = binomial_sf(k, n, Fraction(1, num_classes) if chance == 1 / num_classes else chance)
+    return Verification(n, k, k / n, p, significance, p < significance, k > n / 2, float(chance))
