@@ -140,13 +140,24 @@ def _study_tables(tables: str) -> list[str]:
     return chosen
 
 
+def traffic_options(tables: str, traffic_help: str):
+    """The options both traffic studies take: which tables, the profile, the target FPR and the traffic size."""
+    def wrap(f):
+        for opt in reversed([
+                click.option("--tables", default=tables, show_default=True, help="comma-separated tables among 1-4"),
+                click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True,
+                             help=PROFILE_HELP),
+                click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+                             default=0.01, show_default=True, help=TARGET_FPR_HELP),
+                click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
+                             help=traffic_help)]):
+            f = opt(f)
+        return f
+    return wrap
+
+
 @main.command("traffic-calibration")
-@click.option("--tables", default="1,2,3,4", show_default=True, help="comma-separated tables among 1-4")
-@click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True, help=PROFILE_HELP)
-@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
-              show_default=True, help=TARGET_FPR_HELP)
-@click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
-              help="unlabelled clean queries the threshold is calibrated on")
+@traffic_options("1,2,3,4", "unlabelled clean queries the threshold is calibrated on")
 @click.option("--repeats", type=click.IntRange(1, None), default=200, show_default=True, help="random draws per cell")
 @click.option("--out", type=click.Path(dir_okay=False), default="results/studies/traffic_calibration",
               show_default=True, help="writes OUT.md and OUT.json")
@@ -167,12 +178,8 @@ def traffic_calibration(tables, profile, target_fpr, n_traffic, repeats, out, ca
 
 
 @main.command("traffic-fit")
-@click.option("--tables", default="1,2,4", show_default=True, help="comma-separated tables among 1-4")
-@click.option("--profile", type=click.Choice(["cpu", "paper"]), default="cpu", show_default=True, help=PROFILE_HELP)
-@click.option("--target-fpr", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.01,
-              show_default=True, help=TARGET_FPR_HELP)
-@click.option("--n-traffic", type=click.IntRange(1, None), default=500, show_default=True,
-              help="unlabelled clean queries the detector is fitted and thresholded on, beside the surrogate set")
+@traffic_options("1,2,4", "unlabelled clean queries the detector is fitted and thresholded on, beside the surrogate "
+                          "set")
 @click.option("--repeats", type=click.IntRange(1, None), default=10, show_default=True,
               help="random traffic draws per cell (each refits the scorer)")
 @click.option("--max-clean", type=click.IntRange(2, None), default=None,
