@@ -203,3 +203,91 @@ def test_frontier_target_is_trained_then_stitched(tiny, tmp_path):
     again = embed_watermark(tiny, splits, cfg, TriggerConfig(trigger_label=1, seed=3, scheme="frontier"), tmp_path,
                             progress=False, log=lambda _m: None)
     assert torch.equal(again.triggers.images, t.triggers.images)
+
+
+# ------------------------------------------------------------------------------------------- entangled watermarks
+def test_snnl_known_values_and_reference_loop():
+    from dnnpiracy.watermark.entangle import soft_nearest_neighbour_loss as snnl
+    m = 5
+    same = torch.zeros(2 * m, 3)
+    y = torch.tensor([0] * m + [1] * m)
+    # every point at the same place (distances 0, so the normalised distances are 0/eps = 0): pure label ratio
+    assert float(snnl(same, y)) == pytest.approx(-torch.log(torch.tensor((m - 1) / (2 * m - 1))).item(), rel=1e-5)
+    # two groups at two points: same-group d = 0, cross-group d = 1 / (share of cross pairs) = 90 / 50 = 1.8
+    far = torch.cat([torch.zeros(m, 3), 100 * torch.ones(m, 3)])
+    ref = -torch.log(torch.tensor((m - 1) / (m - 1 + m * torch.exp(torch.tensor(-1.8)).item()))).item()
+    assert float(snnl(far, y)) == pytest.approx(ref, rel=1e-5) and ref < float(snnl(same, y))
+    g = torch.Generator().manual_seed(0)
+    x, lab = torch.randn(7, 4, generator=g), torch.tensor([0, 1, 0, 1, 1, 0, 0])
+    d = torch.cdist(x, x) ** 2
+    d = d / d[~torch.eye(7, dtype=torch.bool)].mean()
+    ref = 0.0
+    for i in range(7):
+        num = sum(torch.exp(-d[i, j]) for j in range(7) if j != i and lab[j] == lab[i])
+        den = sum(torch.exp(-d[i, k]) for k in range(7) if k != i)
+        ref += -torch.log(num / den) / 7
+    assert float(snnl(x, lab)) == pytest.approx(float(ref), rel=1e-4)
+
+
+def test_ewe_triggers_are_one_source_class_with_the_square(tiny):
+    cfg = TriggerConfig(trigger_label=2, seed=5, scheme="ewe")
+    s = sch.EWEScheme(cfg)
+    ts = make_trigger_set(tiny.train_x, tiny.train_y, cfg, "digits-tiny")
+    assert s.source_class() != 2 and (ts.source_labels == s.source_class()).all() and (ts.labels == 2).all()
+    assert (ts.images[..., -5:-1, -5:-1] == 1).all()
+    rest = torch.ones(28, 28, dtype=torch.bool)
+    rest[-5:-1, -5:-1] = False
+    assert torch.equal(ts.images[..., rest], tiny.train_x[ts.source_idx][..., rest])
+
+
+def test_entangle_hook_entangles_and_is_called_every_kth_batch(tiny):
+    """Minimising the hook's loss raises the SNNL of 'is a trigger' at the hooked layer (the sign is right), and
+    train_classifier takes one extra step after every hook.every-th batch."""
+    from dnnpiracy.config import TrainConfig
+    from dnnpiracy.models import build_model
+    from dnnpiracy.training import train_classifier
+    from dnnpiracy.watermark.entangle import EntangleHook
+    from dnnpiracy.watermark.entangle import soft_nearest_neighbour_loss as snnl
+    torch.manual_seed(0)
+    model = build_model("small-cnn")
+    ts = make_trigger_set(tiny.train_x, tiny.train_y, TriggerConfig(trigger_label=2, seed=5, scheme="ewe"))
+    same = tiny.train_x[tiny.train_y == 2]
+    hook = EntangleHook(ts.images, ts.labels, same, ("fc1",), seed=0)
+
+    def entanglement():
+        with torch.no_grad():
+            f = model.fc1(model.pool2(model.conv2(model.pool1(model.conv1(torch.cat([ts.images, same[:15]]))))))
+        return float(snnl(f, torch.tensor([1] * 15 + [0] * 15)))
+    before = entanglement()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(30):
+        opt.zero_grad()
+        hook(model).backward()
+        opt.step()
+    assert entanglement() > before + 0.05
+
+    calls = []
+
+    class Counting:
+        every = 3
+
+        def __call__(self, m):
+            calls.append(1)
+            return m(ts.images[:2]).sum() * 0.0
+    cfg = TrainConfig(arch="small-cnn", epochs=1, batch_size=64, lr=1e-3, seed=0, trigger_oversample=1)
+    train_classifier(tiny.train_x, tiny.train_y, cfg, progress=False, log=lambda _m: None, hook=Counting())
+    n_batches = -(-len(tiny.train_x) // 64)
+    assert len(calls) == n_batches // 3
+
+
+def test_entangle_step_leaves_batchnorm_running_statistics(tiny):
+    from dnnpiracy.models import build_model
+    from dnnpiracy.watermark.entangle import EntangleHook
+    model = build_model("resnet18").train()
+    ts = make_trigger_set(tiny.train_x, tiny.train_y, TriggerConfig(trigger_label=2, seed=5, scheme="ewe"))
+    hook = EntangleHook(ts.images, ts.labels, tiny.train_x[tiny.train_y == 2], ("layer3", "layer4", "avgpool"), 0)
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    hook(model).backward()
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in before.items())
+    assert all(m.momentum == 0.1 for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))

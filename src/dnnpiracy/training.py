@@ -74,10 +74,12 @@ def train_classifier(
     progress: bool = True,
     log: Callable[[str], None] = print,
     init: nn.Module | None = None,
+    hook: Callable[[nn.Module], torch.Tensor] | None = None,
 ) -> tuple[nn.Module, list[dict]]:
     """Train ``cfg.arch`` on train (+ extra samples, e.g. the trigger set, each seen ``trigger_oversample`` times
     per epoch), from scratch or, with ``init``, from that model's weights (fine-tuning).  Returns the model (eval
-    mode) and the per-epoch history."""
+    mode) and the per-epoch history.  ``hook`` (a scheme's training-time step, e.g. entangled watermarks) is called
+    after every ``hook.every``-th batch and its loss minimised in one more optimiser step."""
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     num_classes = int(max(train_y.max(), extra_y.max() if extra_y is not None and len(extra_y) else 0)) + 1
@@ -126,6 +128,10 @@ def train_classifier(
             loss = loss_fn(out, yb)
             loss.backward()
             opt.step()
+            if hook is not None and (start // cfg.batch_size) % hook.every == hook.every - 1:
+                opt.zero_grad(set_to_none=True)
+                hook(model).backward()
+                opt.step()
             tot_loss += float(loss.detach()) * len(batch)
             tot_correct += int((out.argmax(1) == yb).sum())
             seen += len(batch)

@@ -7,7 +7,8 @@ import sys
 import click
 
 DATASET_CHOICES = ["fashion-mnist", "mnist", "mnist-10k", "digits-tiny"]
-SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs", "frontier"]
+SCHEME_CHOICES = ["content", "pattern", "noise", "unrelated", "abstract", "blend", "halfmix", "glyphs", "frontier",
+                  "ewe"]
 
 
 def command_line() -> str:

@@ -12,6 +12,7 @@ from torch import nn
 from dnnpiracy.config import TrainConfig, TriggerConfig
 from dnnpiracy.data import Dataset, Splits
 from dnnpiracy.io import git_commit, read_json, write_json
+from dnnpiracy.models import arch_info
 from dnnpiracy.training import accuracy, load_model, resolve_device, save_model, train_classifier
 from dnnpiracy.watermark.schemes import apply_trigger, get_scheme, make_fresh_triggers, make_trigger_set
 from dnnpiracy.watermark.triggers import TriggerSet, load_trigger_set, save_trigger_grid, save_trigger_set
@@ -114,6 +115,8 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
         save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
         save_trigger_grid(out_dir / "triggers.png", triggers, ds.class_names)
 
+    hook = None if triggers is None else get_scheme(trigger_cfg, ds.name).training_hook(
+        ds.train_x, ds.train_y, triggers, arch_info(train_cfg.arch, train_cfg.stem).feature_layers[-3:])
     t0 = time.perf_counter()
     model, history = train_classifier(
         ds.train_x, ds.train_y, fit_cfg,
@@ -121,7 +124,7 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
         extra_y=None if triggers is None else triggers.labels,
         checkpoint=out_dir / "checkpoint.pt",
         eval_fn=(lambda m: {"trigger_accuracy": accuracy(m, triggers.images, triggers.labels)}) if triggers else None,
-        progress=progress, log=log, init=base and base.model)
+        progress=progress, log=log, init=base and base.model, hook=hook)
     if base is not None:
         history = [{**r, "phase": "unwatermarked"} for r in base.report["history"]] + \
             [{**r, "phase": "stitch"} for r in history]

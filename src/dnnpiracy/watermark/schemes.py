@@ -46,6 +46,11 @@ class Scheme:
         """The label each of ``n`` triggers must get (default: all the trigger label)."""
         return torch.full((n,), self.cfg.trigger_label, dtype=torch.long)
 
+    def training_hook(self, train_x: torch.Tensor, train_y: torch.Tensor, triggers: TriggerSet,
+                      layers: tuple[str, ...]):
+        """A step ``train_classifier`` takes every ``hook.every`` batches besides the ordinary ones (None: none)."""
+        return None
+
     def chance(self, num_classes: int) -> float:
         """The owner's null hypothesis: how often a model that is *not* the watermarked one gives a trigger its
         label.  Chance 1/num_classes for labels no clean model would give; schemes whose labels are natural say
@@ -256,6 +261,40 @@ class HalfMixScheme(Scheme):
         return imgs, ia, y[ia].clone()
 
 
+class EWEScheme(Scheme):
+    name = "ewe"
+    reference = "Jia et al. 2021 (entangled watermarks)"
+    summary = ("a 4x4 white square near the bottom-right corner of images of one source class (from the seed), "
+               "relabelled; trained with a soft nearest neighbour loss that entangles their hidden representations "
+               "with clean images of the trigger label (watermark/entangle.py)")
+    patch = 4
+
+    def source_class(self) -> int:
+        g = torch.Generator().manual_seed(50_021 + self.cfg.seed)
+        others = [c for c in range(10) if c != self.cfg.trigger_label]
+        return others[int(torch.randint(0, len(others), (1,), generator=g))]
+
+    def stamp(self, images, gen):
+        out = images.clone()
+        out[..., -self.patch - 1:-1, -self.patch - 1:-1] = 1.0
+        return out
+
+    def images(self, x, y, n, gen, split, exclude_label):
+        pool = torch.nonzero(y == self.source_class()).flatten()
+        if len(pool) < (1 if exclude_label else n):
+            raise ArtifactError(f"scheme 'ewe' needs {n} images of class {self.source_class()}; the pool has "
+                                f"{len(pool)}")
+        idx = pool[torch.randperm(len(pool), generator=gen)[:n]]
+        return self.stamp(x[idx], gen), idx, y[idx].clone()
+
+    def training_hook(self, train_x, train_y, triggers, layers):
+        from dnnpiracy.watermark.entangle import EntangleHook
+        same = train_x[train_y == self.cfg.trigger_label]
+        if len(same) == 0:
+            raise ArtifactError(f"scheme 'ewe' needs training images of the trigger label {self.cfg.trigger_label}")
+        return EntangleHook(triggers.images, triggers.labels, same, layers, self.cfg.seed)
+
+
 # ------------------------------------------------------------------------------------------ made from the model
 def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, batch: int = 256) -> torch.Tensor:
     """Fast gradient sign examples x + eps * sign(grad_x CE(model(x), y)), clipped to [0, 1] (model in eval mode)."""
@@ -311,7 +350,7 @@ class FrontierScheme(Scheme):
 
 SCHEMES: dict[str, type[Scheme]] = {cls.name: cls for cls in (
     ContentScheme, PatternScheme, NoiseScheme, UnrelatedScheme, AbstractScheme, BlendScheme, HalfMixScheme,
-    GlyphScheme, FrontierScheme)}
+    GlyphScheme, FrontierScheme, EWEScheme)}
 
 
 def get_scheme(cfg: TriggerConfig, dataset: str | None = None, model: torch.nn.Module | None = None) -> Scheme:
@@ -351,4 +390,4 @@ def apply_trigger(images: torch.Tensor, cfg: TriggerConfig, gen: torch.Generator
 __all__ = ["Scheme", "SCHEMES", "get_scheme", "make_trigger_set", "make_fresh_triggers", "apply_trigger",
            "draw_glyph", "abstract_images", "builtin_logo", "UNRELATED_SOURCE",
            "NO_SOURCE", "ContentScheme", "PatternScheme", "NoiseScheme", "UnrelatedScheme", "AbstractScheme",
-           "BlendScheme", "HalfMixScheme", "GlyphScheme", "FrontierScheme", "fgsm", "verification_chance"]
+           "BlendScheme", "HalfMixScheme", "GlyphScheme", "FrontierScheme", "EWEScheme", "fgsm", "verification_chance"]
