@@ -88,7 +88,7 @@ def echo_verification(v, num_classes: int, significance: float, as_json: bool) -
     if as_json:
         click.echo(json.dumps(v.to_dict(), indent=2))
     else:
-        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with the trigger label "
+        click.echo(f"{v.verdict}: {v.n_trigger_label}/{v.n_queries} trigger inputs answered with their watermark label "
                    f"(p = {v.p_value:.3g} against chance {v.chance or 1 / num_classes:.2f}; "
                    f"significance {significance}); majority rule says "
                    f"{'pirated' if v.pirated_majority_rule else 'not pirated'}")

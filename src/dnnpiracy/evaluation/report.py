@@ -63,7 +63,7 @@ def summary_markdown(r: dict) -> str:
 def headline_text(r: dict) -> str:
     """The run's headline numbers in three lines, for the figure: FPR, FNR, fresh FNR and the owner's verdicts."""
     def verdict(v: dict) -> str:
-        return (f"{v['verdict']} ({v['n_trigger_label']}/{v['n_queries']} answered with the trigger label, "
+        return (f"{v['verdict']} ({v['n_trigger_label']}/{v['n_queries']} answered with their watermark label, "
                 f"p = {v['p_value']:.2e})")
     fpr_ci, fnr_ci = r.get("fpr_ci95") or [None, None], r.get("fnr_ci95") or [None, None]
     return "\n".join([
