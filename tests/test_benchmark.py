@@ -83,24 +83,29 @@ def test_frontier_grid_reuses_the_clean_target_and_tests_the_unwatermarked_model
     from dnnpiracy.training import load_model, predict_labels
     from dnnpiracy.watermark import load_trigger_set, verify
     p = tmp_path / "tiny.toml"
-    p.write_text(TINY.replace('schemes = ["content", "abstract"]', 'schemes = ["content", "frontier"]'))
+    p.write_text(TINY.replace('schemes = ["content", "abstract"]', 'schemes = ["content", "frontier"]')
+                 .replace("seeds = [0]", "seeds = [0, 1]").replace("trigger_labels = [3]", "trigger_labels = [3, 4]"))
     grid = load_grid(str(p))
     cache, out = tmp_path / "cache", tmp_path / "out"
     res = run_grid(grid, cache, progress=False, log=lambda _m: None)
     assert not res["failed"]
     assert not list((cache / "targets").glob("*/base"))         # the clean baseline was the frontier's base
     cells = [json.loads(f.read_text()) for f in (cache / "bench_cells").glob("*.json")]
-    assert len(cells) == 4 and all("independent_verification" in c for c in cells)
-    t = next(t for t in grid_targets(grid) if t.scheme == "frontier")
+    assert len(cells) == 8 and all("independent_verification" in c for c in cells)
+    t = next(t for t in grid_targets(grid) if t.scheme == "frontier" and t.seed == 0)
+    c1 = next(t for t in grid_targets(grid) if t.scheme is None and t.seed == 1)     # the next seed's clean target
     from dnnpiracy.data import load_dataset
     ds = load_dataset("digits-tiny")
-    sp = t.target_splits(ds)
-    clean, _ = load_model(cache / "targets" / target_key(ds.name, t.train, None, sp) / "model.safetensors")
-    trig = load_trigger_set(cache / "targets" / target_key(ds.name, t.train, t.trigger_config(), sp) /
-                            "triggers.safetensors")
+    clean, _ = load_model(cache / "targets" / target_key(ds.name, c1.train, None, c1.target_splits(ds)) /
+                          "model.safetensors")
+    trig = load_trigger_set(cache / "targets" / target_key(ds.name, t.train, t.trigger_config(), t.target_splits(ds))
+                            / "triggers.safetensors")
     ref = verify(lambda q: predict_labels(clean, q), trig.images, trig.labels, chance=0.5)
-    got = next(c for c in cells if c["cell"]["scheme"] == "frontier")["independent_verification"]
+    got = next(c for c in cells if c["cell"]["scheme"] == "frontier" and c["cell"]["seed"] == 0)[
+        "independent_verification"]
     assert got["chance"] == 0.5 and got["n_trigger_label"] == ref.n_trigger_label and got["p_value"] == ref.p_value
+    assert got["model_seed"] == 1
+    assert {c["independent_verification"]["model_seed"] for c in cells if c["cell"]["seed"] == 1} == {0}
     assert {c["independent_verification"]["chance"] for c in cells if c["cell"]["scheme"] == "content"} == {0.1}
     render(grid, out, cache, command="test")
     md = (out / "schemes" / "schemes.md").read_text()

@@ -73,7 +73,7 @@ def aggregate(cells: list[dict], development: Iterable[str], clean: dict | None 
             "owner_p_values": [m["verification_pirated"]["p_value"] for m in ms],
             "target_verified_share": _mean(float(m["verification_target"]["pirated"]) for m in ms),
             "passes_per_seed": [passes(m) for m in ms],
-            # the owner's test on the unwatermarked target of the same seed ('pirated' = a false claim)
+            # the owner's test on an unwatermarked target of another seed ('pirated' = a false claim)
             "independent_pirated": [c["independent_verification"]["pirated"] for c in cs
                                     if "independent_verification" in c],
         })
@@ -154,7 +154,8 @@ def schemes_markdown(rows: list[dict], grid: dict, default_name: str, meta: dict
          "`owner pirated` = seeds in which the owner's binomial test (alpha 0.01) still proves piracy against the "
          "pirated model; the test is against chance 1/10, and 1/2 for `frontier` (Le Merrer et al.'s null). "
          "`unwatermarked model 'pirated'` = seeds in which the same test says 'pirated' of the unwatermarked target "
-         "of that seed, a model that is not a copy: a false claim (`experiments/independent.py`).", "",
+         "trained with the grid's next seed, a model that is not a copy: a false claim "
+         "(`experiments/independent.py`).", "",
          f"`default` is `{default_name}` here.", ""]
     for ds in sorted({r["dataset"] for r in rows}):
         mine = [r for r in rows if r["dataset"] == ds and r["detector"] == default_name]
