@@ -110,6 +110,13 @@ def test_frontier_grid_reuses_the_clean_target_and_tests_the_unwatermarked_model
     render(grid, out, cache, command="test")
     md = (out / "schemes" / "schemes.md").read_text()
     assert "unwatermarked model 'pirated'" in md and "| frontier |" in md
+    # the committed cells alone (no target cache) render the same rows, the watermark's accuracy cost included
+    import shutil
+    shutil.copytree(cache / "bench_cells", tmp_path / "cells_only" / "bench_cells")
+    render(grid, tmp_path / "out2", tmp_path / "cells_only", command="test")
+    again = json.loads((tmp_path / "out2" / "schemes" / "schemes.json").read_text())["rows"]
+    first = json.loads((out / "schemes" / "schemes.json").read_text())["rows"]
+    assert again == first and all(r["watermark_accuracy_cost"] is not None for r in again)
 
 
 def test_paper_cells_key_their_gan_and_calibrated_cells_their_threshold(tmp_path):

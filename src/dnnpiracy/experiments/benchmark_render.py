@@ -35,8 +35,10 @@ def cached_cells(grid: dict, cache_dir: Path | None = None) -> tuple[list[dict],
     return outs, total
 
 
-def clean_baselines(grid: dict, cache_dir: Path | None = None) -> list[dict]:
-    """The unwatermarked targets' test accuracies that are in the cache (dataset, seed, test_accuracy)."""
+def clean_baselines(grid: dict, cache_dir: Path | None = None, cells: list[dict] = ()) -> list[dict]:
+    """The unwatermarked targets' test accuracies (dataset, seed, test_accuracy): from the target cache, else from
+    the ``clean_baseline`` a cell of that dataset and seed carries (``experiments/independent.py``)."""
+    stored = {(c["cell"]["dataset"], c["cell"]["seed"]): c["clean_baseline"] for c in cells if "clean_baseline" in c}
     from dnnpiracy.experiments.runner import target_key
     cache_dir = Path(cache_dir or default_cache_dir())
     out = []
@@ -49,6 +51,10 @@ def clean_baselines(grid: dict, cache_dir: Path | None = None) -> list[dict]:
             r = read_json(rep)
             out.append({"clean_baseline": True, "dataset": t.dataset, "seed": t.seed,
                         "test_accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds", 0.0)})
+        elif (t.dataset, t.seed) in stored:
+            s = stored[(t.dataset, t.seed)]
+            out.append({"clean_baseline": True, "dataset": t.dataset, "seed": t.seed,
+                        "test_accuracy": s["test_accuracy"], "wall_seconds": s.get("wall_seconds", 0.0)})
     return out
 
 
@@ -64,7 +70,7 @@ def render(grid: dict, out_dir: Path, cache_dir: Path | None = None, command: st
     cells, total = cached_cells(grid, cache_dir)
     if grid.get("removals"):
         return render_peers_grid(grid, out_dir, cells, total, cache_dir, command, wall_seconds, failed)
-    clean = clean_baselines(grid, cache_dir)
+    clean = clean_baselines(grid, cache_dir, cells)
     selection = grid["name"] != "schemes" and set(grid["schemes"]) <= set(grid["development"])
     stem = out_dir / "selection" / grid["name"] if selection else out_dir / "schemes" / "schemes"
     json_path = stem.with_suffix(".json")

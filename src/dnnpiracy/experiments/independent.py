@@ -15,6 +15,7 @@ from dnnpiracy.training import load_model, predict_labels
 from dnnpiracy.watermark import load_trigger_set, verification_chance, verify
 
 KEY = "independent_verification"
+CLEAN = "clean_baseline"      # the same seed's unwatermarked target's accuracy, so a render needs no target cache
 
 
 def independent_verdict(ds, target_dir: Path, clean_dir: Path, arch: str, model_seed: int) -> dict | None:
@@ -43,10 +44,15 @@ def annotate_grid(grid: dict, cache_dir: Path, log=print) -> int:
             continue
         other = seeds[(seeds.index(t.seed) + 1) % len(seeds)]
         paths = [p for p in (cell_path(cache_dir, BenchCell(t, d)) for d in designs(grid, t.dataset)) if p.exists()]
-        todo = [p for p in paths if read_json(p).get(KEY, {}).get("model_seed") != other]
+        todo = [p for p in paths if read_json(p).get(KEY, {}).get("model_seed") != other or CLEAN not in read_json(p)]
         if not todo:
             continue
         ds = _dataset(t.dataset)
+        same = cache_dir / "targets" / target_key(ds.name, t.train, None, t.target_splits(ds)) / "report.json"
+        baseline = None
+        if same.exists():
+            r = read_json(same)
+            baseline = {"seed": t.seed, "test_accuracy": r["test_accuracy"], "wall_seconds": r.get("wall_seconds", 0.0)}
         clean = make_target(grid, t.dataset, None, other, grid["trigger_labels"][seeds.index(other)])
         verdict = independent_verdict(
             ds, cache_dir / "targets" / target_key(ds.name, t.train, t.trigger_config(), t.target_splits(ds)),
@@ -55,7 +61,7 @@ def annotate_grid(grid: dict, cache_dir: Path, log=print) -> int:
         if verdict is None:
             continue
         for p in todo:
-            write_json(p, {**read_json(p), KEY: verdict})
+            write_json(p, {**read_json(p), KEY: verdict, **({CLEAN: baseline} if baseline else {})})
         done += len(todo)
     if done:
         log(f"owner's test on an unwatermarked target of another seed written to {done} cells")
