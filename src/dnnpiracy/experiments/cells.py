@@ -17,7 +17,7 @@ from dnnpiracy.experiments.profiles import Profile
 from dnnpiracy.experiments.runner import config_key, get_target
 from dnnpiracy.io import git_commit, read_json, write_json
 from dnnpiracy.models import arch_info
-from dnnpiracy.watermark import fresh_triggers_for
+from dnnpiracy.watermark import fresh_triggers_for, verification_chance
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,8 @@ def run_cell(cell: Cell, spec: dict, ds: Dataset, cache_dir: Path, progress: boo
         if scores is None:   # the scores do not depend on the threshold: kept once, for the ROC figures
             scores = {name: [float(f"{v:.6g}") for v in s.inspection.scores.tolist()]
                       for name, s in (("clean", c), ("triggers", t), ("fresh", f))}
-        m = evaluate(d, c, t, f, cell.trigger_label, "uniform", cell.seed)
+        m = evaluate(d, c, t, f, cell.trigger_label, "uniform", cell.seed,
+                     chance=verification_chance(trigger, ds.num_classes))
         results.append({kind: value, **{k: m[k] for k in (
             "fpr", "fnr", "fnr_fresh", "auroc", "tpr_at_1pct_fpr", "target_test_accuracy", "pirated_test_accuracy",
             "accuracy_loss", "target_trigger_accuracy", "pirated_trigger_accuracy", "n_clean", "n_triggers")},

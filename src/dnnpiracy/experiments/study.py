@@ -14,7 +14,7 @@ from dnnpiracy.data import Dataset, Splits
 from dnnpiracy.evaluation.evaluate import evaluate, inspect_sets
 from dnnpiracy.models import arch_info
 from dnnpiracy.progress import progress_bar
-from dnnpiracy.watermark import Target
+from dnnpiracy.watermark import Target, verification_chance
 
 SUMMARY_KEYS = ("fpr", "fnr", "fnr_fresh", "auroc", "auroc_fresh", "tpr_at_1pct_fpr", "accuracy_loss",
                 "target_trigger_accuracy", "pirated_trigger_accuracy")
@@ -39,7 +39,7 @@ def study_target(target: Target, ds: Dataset, splits: Splits, detectors: list[st
                                ds.num_classes, probe=probes["surrogate"], dataset=ds.name)
             c, t, f = inspect_sets(det, ds.test_x[ev_idx], ds.test_y[ev_idx], target.triggers,
                                    target.fresh_triggers, probes)
-            m = evaluate(det, c, t, f, trig_label)
+            m = evaluate(det, c, t, f, trig_label, chance=verification_chance(target.triggers.config, ds.num_classes))
             row = {"dataset": ds.name, "arch": target.report["arch"], "trigger_label": trig_label,
                    "seed": target.report["train_config"]["seed"], "layer": cam.layer, "detector": name,
                    "rule": det.spec.rule, "tau": tau if det.spec.rule == "paper" else None,
