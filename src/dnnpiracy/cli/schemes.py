@@ -24,9 +24,12 @@ def schemes(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    import textwrap
     width = max(len(n) for n in SCHEMES)
+    pad = " " * (width + 2)
     for r in rows:
-        click.echo(f"{r['scheme']:<{width}}  {r['summary']}\n{'':<{width}}  ({r['reference']})")
+        text = textwrap.fill(f"{r['summary']} ({r['reference']})", 118, initial_indent=pad, subsequent_indent=pad)
+        click.echo(f"{r['scheme']:<{width}}  {text[width + 2:]}")
 
 
 @main.command()
