@@ -28,7 +28,8 @@ def schemes(as_json):
     width = max(len(n) for n in SCHEMES)
     pad = " " * (width + 2)
     for r in rows:
-        text = textwrap.fill(f"{r['summary']} ({r['reference']})", 118, initial_indent=pad, subsequent_indent=pad)
+        text = textwrap.fill(f"{r['summary']} ({r['reference']})", 118, initial_indent=pad, subsequent_indent=pad,
+                             break_on_hyphens=False)
         click.echo(f"{r['scheme']:<{width}}  {text[width + 2:]}")
 
 
