@@ -43,8 +43,9 @@ def annotate_grid(grid: dict, cache_dir: Path, log=print) -> int:
         if t.scheme is None:
             continue
         other = seeds[(seeds.index(t.seed) + 1) % len(seeds)]
-        paths = [p for p in (cell_path(cache_dir, BenchCell(t, d)) for d in designs(grid, t.dataset)) if p.exists()]
-        todo = [p for p in paths if read_json(p).get(KEY, {}).get("model_seed") != other or CLEAN not in read_json(p)]
+        cells = {p: read_json(p) for p in (cell_path(cache_dir, BenchCell(t, d)) for d in designs(grid, t.dataset))
+                 if p.exists()}
+        todo = [p for p, c in cells.items() if c.get(KEY, {}).get("model_seed") != other or CLEAN not in c]
         if not todo:
             continue
         ds = _dataset(t.dataset)
@@ -61,7 +62,7 @@ def annotate_grid(grid: dict, cache_dir: Path, log=print) -> int:
         if verdict is None:
             continue
         for p in todo:
-            write_json(p, {**read_json(p), KEY: verdict, **({CLEAN: baseline} if baseline else {})})
+            write_json(p, {**cells[p], KEY: verdict, **({CLEAN: baseline} if baseline else {})})
         done += len(todo)
     if done:
         log(f"owner's test on an unwatermarked target of another seed written to {done} cells")

@@ -104,19 +104,19 @@ def embed_watermark(ds: Dataset, splits: Splits, train_cfg: TrainConfig, trigger
             log(f"reusing target in {out_dir}")
             return Target(model, triggers, fresh, report, out_dir)
 
-    triggers = fresh = base = None
+    triggers = fresh = base = hook = None
     fit_cfg = train_cfg
     if trigger_cfg is not None:
-        if get_scheme(trigger_cfg, ds.name).needs_model:
+        scheme = get_scheme(trigger_cfg, ds.name)
+        if scheme.needs_model:
             # frontier stitching: train unwatermarked, craft the triggers against that model, then fine-tune on them
             base = embed_watermark(ds, splits, train_cfg, None, base_dir or out_dir / "base", progress, log)
             fit_cfg = stitch_config(train_cfg)
         triggers = make_trigger_set(ds.train_x, ds.train_y, trigger_cfg, ds.name, base and base.model)
         save_trigger_set(out_dir / TRIGGERS_FILE, triggers, {"dataset": ds.name, "source_split": "train"})
         save_trigger_grid(out_dir / "triggers.png", triggers, ds.class_names)
-
-    hook = None if triggers is None else get_scheme(trigger_cfg, ds.name).training_hook(
-        ds.train_x, ds.train_y, triggers, arch_info(train_cfg.arch, train_cfg.stem).feature_layers[-3:])
+        hook = scheme.training_hook(ds.train_x, ds.train_y, triggers,
+                                    arch_info(train_cfg.arch, train_cfg.stem).feature_layers[-3:])
     t0 = time.perf_counter()
     model, history = train_classifier(
         ds.train_x, ds.train_y, fit_cfg,
