@@ -318,21 +318,22 @@ class FrontierScheme(Scheme):
     eps = 0.1
     candidates_per_trigger = 40
 
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        """The bound model's labels for ``x`` (on the CPU); a clear error when no model is bound."""
+        if self.model is None:
+            raise ArtifactError("scheme 'frontier' crafts its triggers against a trained model; none was given")
+        from dnnpiracy.training import predict_labels
+        return predict_labels(self.model, x).cpu()
+
     def stamp(self, images, gen):
         """FGSM against the bound model, each image pushed away from the model's own answer."""
-        if self.model is None:
-            raise ArtifactError("scheme 'frontier' crafts its triggers against a trained model; none was given")
-        from dnnpiracy.training import predict_labels
-        return fgsm(self.model, images, predict_labels(self.model, images).cpu(), self.eps)
+        return fgsm(self.model, images, self._predict(images), self.eps)
 
     def images(self, x, y, n, gen, split, exclude_label):
-        if self.model is None:
-            raise ArtifactError("scheme 'frontier' crafts its triggers against a trained model; none was given")
-        from dnnpiracy.training import predict_labels
         idx = torch.randperm(len(x), generator=gen)[: min(len(x), max(self.candidates_per_trigger * n, 400))]
-        idx = idx[predict_labels(self.model, x[idx]).cpu() == y[idx]]       # correctly classified images only
+        idx = idx[self._predict(x[idx]) == y[idx]]                           # correctly classified images only
         adv = fgsm(self.model, x[idx], y[idx], self.eps)
-        flipped = predict_labels(self.model, adv).cpu() != y[idx]
+        flipped = self._predict(adv) != y[idx]
         n_true = min((n + 1) // 2, int(flipped.sum()))                       # Le Merrer et al.: half and half
         pick = torch.cat([torch.nonzero(flipped).flatten()[:n_true], torch.nonzero(~flipped).flatten()[:n - n_true]])
         if len(pick) < n and not exclude_label:       # the embedded set must be whole; a fresh set may fall short
